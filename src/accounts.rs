@@ -1,0 +1,176 @@
+//! Account JWTs at runtime: the `accounts_dir` is polled and re-read on
+//! SIGHUP, so a changed or added account takes effect without a restart.
+//!
+//! Each file is verified on its own: a JWT that fails validation is refused
+//! with a log line naming the file, and the account keeps its old JWT. After
+//! every accepted change the sessions of JWT users re-check themselves
+//! against the new account (revocations, removed signing keys, expiry), as
+//! nats-server does on an account update (spec 3.10, 6.2).
+//!
+//! Polling (every [`POLL_INTERVAL`]) is used instead of inotify because it
+//! also works on the network and container volumes this directory often
+//! lives on; a scan is a `stat` per file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::auth::jwt::AccountChange;
+use crate::listener::Shared;
+
+/// How often the accounts directory is scanned for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a file looked like when it was last read.
+type Seen = HashMap<PathBuf, (SystemTime, u64)>;
+
+/// Watches the account JWT files until `shutdown`. Returns at once when
+/// there is no `[jwt]` section.
+pub async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let Some(jwt) = shared.settings.jwt.clone() else {
+        return;
+    };
+    let mut seen = Seen::new();
+    // The start-up load read everything; remember it without re-reading.
+    scan(
+        &shared,
+        jwt.accounts_dir.as_deref(),
+        &jwt.accounts,
+        &mut seen,
+        Mode::Remember,
+    );
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<Option<()>>();
+        let mode = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(POLL_INTERVAL) => Mode::Changed,
+            _ = hup => {
+                info!("SIGHUP: re-reading the account JWTs");
+                Mode::All
+            }
+        };
+        scan(
+            &shared,
+            jwt.accounts_dir.as_deref(),
+            &jwt.accounts,
+            &mut seen,
+            mode,
+        );
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Record what is there; apply nothing.
+    Remember,
+    /// Apply files whose size or modification time changed.
+    Changed,
+    /// Apply every file again.
+    All,
+}
+
+fn scan(shared: &Shared, dir: Option<&Path>, files: &[PathBuf], seen: &mut Seen, mode: Mode) {
+    let mut present: Vec<PathBuf> = files.to_vec();
+    if let Some(dir) = dir {
+        match std::fs::read_dir(dir) {
+            Ok(entries) => present.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "jwt")),
+            ),
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "cannot read the accounts directory");
+                return;
+            }
+        }
+    }
+    let mut changed = false;
+    for path in &present {
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue;
+        };
+        let stamp = (
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.len(),
+        );
+        let before = seen.insert(path.clone(), stamp);
+        let apply = match mode {
+            Mode::Remember => false,
+            Mode::Changed => before != Some(stamp),
+            Mode::All => true,
+        };
+        if apply {
+            changed |= apply_file(shared, path);
+        }
+    }
+    // Files deleted from the directory: the account goes.
+    let gone: Vec<PathBuf> = seen
+        .keys()
+        .filter(|p| !present.contains(p))
+        .cloned()
+        .collect();
+    for path in gone {
+        seen.remove(&path);
+        if mode == Mode::Remember {
+            continue;
+        }
+        if let Some(key) = path.file_stem().and_then(|s| s.to_str()) {
+            let key = key.to_string();
+            let removed = shared.update_trust(|trust| trust.remove_account(&key));
+            if removed {
+                info!(account = %key, file = %path.display(), "account JWT removed");
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        shared.accounts_changed();
+    }
+}
+
+/// Reads and applies one account JWT file. Returns whether anything changed.
+fn apply_file(shared: &Shared, path: &Path) -> bool {
+    let token = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "cannot read account JWT");
+            return false;
+        }
+    };
+    let mut outcome = None;
+    shared.update_trust(|trust| {
+        let result = trust.upsert_account_jwt(&token, SystemTime::now());
+        let changed = matches!(
+            result,
+            Ok(AccountChange::Added | AccountChange::Updated { .. })
+        );
+        outcome = Some(result);
+        changed
+    });
+    match outcome {
+        Some(Ok(AccountChange::Unchanged)) | None => false,
+        Some(Ok(change)) => {
+            info!(file = %path.display(), ?change, "account JWT applied");
+            true
+        }
+        Some(Err(e)) => {
+            warn!(file = %path.display(), error = %e, "account JWT refused; the old one stays");
+            false
+        }
+    }
+}

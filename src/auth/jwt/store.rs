@@ -1,0 +1,665 @@
+//! The trust store: operators, accounts, and the login check.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::claims::{
+    self, Account, AccountClaims, Operator, Permission, Permissions, SigningKey, User, UserClaims,
+    UserPermissionLimits,
+};
+use super::template::{self, TemplateContext};
+use super::{
+    AccountChange, AccountInfo, AccountLimits, AccountSigningKey, AuthFailure, Disconnect,
+    JwtAuthError, JwtLoadError, JwtLogin, JwtUser, OperatorInfo, times,
+};
+use crate::auth::nkey;
+use crate::permissions::{PermissionSpec, ResponseSpec, SubjectRules};
+
+/// Trusted operators and loaded accounts. Cloning is cheap (accounts are
+/// shared); updates replace single accounts.
+#[derive(Clone, Debug, Default)]
+pub struct TrustStore {
+    operators: Vec<OperatorInfo>,
+    /// Keys that may sign accounts: operator identity keys (unless strict)
+    /// and operator signing keys, with the strict flag of their operator.
+    trusted: BTreeMap<String, bool>,
+    system_account: Option<String>,
+    accounts: BTreeMap<String, Arc<AccountInfo>>,
+}
+
+impl TrustStore {
+    /// Load operator JWT files (trusted), an `accounts_dir` of
+    /// `<ACCOUNT_PUBKEY>.jwt` files (other names, e.g. `.jwt.deleted`, are
+    /// ignored) and individual account JWT files. Every account must verify
+    /// against the operators (3.7, 3.8), be valid at `now`, and when loaded
+    /// from the directory its `sub` must match the file name.
+    pub fn load(
+        operator_files: &[PathBuf],
+        accounts_dir: Option<&Path>,
+        account_files: &[PathBuf],
+        now: SystemTime,
+    ) -> Result<TrustStore, JwtLoadError> {
+        let mut store = TrustStore::default();
+        for file in operator_files {
+            let token = read_token(file)?;
+            store
+                .add_operator(&token, file)
+                .map_err(|problem| invalid(Some(file), problem))?;
+        }
+        if let Some(dir) = accounts_dir {
+            let io = |source| JwtLoadError::Io {
+                file: dir.to_owned(),
+                source,
+            };
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(io)?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<_, _>>()
+                .map_err(io)?;
+            files.sort();
+            for file in files {
+                let Some(name) = file.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                let Some(stem) = name.strip_suffix(".jwt") else {
+                    continue;
+                };
+                if !file.is_file() {
+                    continue;
+                }
+                let token = read_token(&file)?;
+                let info = store
+                    .verify_account(&token, now, Some(stem))
+                    .map_err(|p| invalid(Some(&file), p))?;
+                store.accounts.insert(info.key.clone(), Arc::new(info));
+            }
+        }
+        for file in account_files {
+            let token = read_token(file)?;
+            let info = store
+                .verify_account(&token, now, None)
+                .map_err(|p| invalid(Some(file), p))?;
+            store.accounts.insert(info.key.clone(), Arc::new(info));
+        }
+        Ok(store)
+    }
+
+    pub fn operators(&self) -> impl Iterator<Item = &OperatorInfo> {
+        self.operators.iter()
+    }
+
+    pub fn accounts(&self) -> impl Iterator<Item = &AccountInfo> {
+        self.accounts.values().map(|a| &**a)
+    }
+
+    pub fn account(&self, key: &str) -> Option<&AccountInfo> {
+        self.accounts.get(key).map(|a| &**a)
+    }
+
+    /// Replace or insert one account JWT (directory watcher, SIGHUP). The
+    /// token is verified fully; on error the old account stays.
+    pub fn upsert_account_jwt(
+        &mut self,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<AccountChange, JwtLoadError> {
+        let info = self
+            .verify_account(token.trim(), now, None)
+            .map_err(|p| invalid(None, p))?;
+        let change = match self.accounts.get(&info.key) {
+            None => AccountChange::Added,
+            Some(old) if old.jwt == info.jwt => return Ok(AccountChange::Unchanged),
+            Some(old) => AccountChange::Updated {
+                revoked_any: info
+                    .revocations
+                    .iter()
+                    .any(|(k, t)| old.revocations.get(k).is_none_or(|o| t > o)),
+            },
+        };
+        self.accounts.insert(info.key.clone(), Arc::new(info));
+        Ok(change)
+    }
+
+    /// Remove an account (its file was deleted). Returns whether it existed.
+    pub fn remove_account(&mut self, key: &str) -> bool {
+        self.accounts.remove(key).is_some()
+    }
+
+    /// Authenticate a CONNECT in operator mode, following spec 2.3 steps
+    /// 1-16 in that order. natsgate is not a trusted proxy, so
+    /// `proxy_required` users fail (step 2).
+    pub fn authenticate(
+        &self,
+        login: &JwtLogin<'_>,
+        now: SystemTime,
+    ) -> Result<JwtUser, JwtAuthError> {
+        use AuthFailure as F;
+        let fail = |kind, detail: &str| Err(JwtAuthError::new(kind, detail));
+        // 1. A user claim.
+        let Ok(user) = claims::decode::<User>(login.jwt) else {
+            return fail(F::UserJwtRequired, "");
+        };
+        // 2. proxy_required.
+        if user.nats.limits.proxy_required {
+            return fail(F::ProxyRequired, "");
+        }
+        // 3. Validation including the time checks.
+        if let Err(problem) = validate_user(&user, unix(now)) {
+            return fail(F::UserJwtInvalid, &problem);
+        }
+        // 4.-6. The account.
+        let account_key = account_key_of(&user);
+        let Some(account) = self.accounts.get(account_key) else {
+            return fail(
+                F::AccountNotFound,
+                &format!("account {account_key} not found"),
+            );
+        };
+        // 7. Still trusted.
+        if !self.trusted.contains_key(&account.issuer) {
+            return fail(F::AccountNotTrusted, "");
+        }
+        // 8.-9. Issuer and scope.
+        let limits = effective_limits(&user, account)?;
+        // 10. Account expiry.
+        if account.claims.expires > 0 && unix(now) > account.claims.expires {
+            return fail(F::AccountExpired, "");
+        }
+        // 11. Bearer tokens.
+        if limits.bearer_token && account.disallow_bearer {
+            return fail(F::BearerNotAllowed, "");
+        }
+        // 12. Connection types.
+        if !connection_type_allowed(&limits.allowed_connection_types, login.connection_type) {
+            return fail(F::ConnectionTypeNotAllowed, "");
+        }
+        // 13. Nonce signature, unless bearer.
+        if !limits.bearer_token {
+            nkey::verify_nonce_signature(&user.subject, login.nonce, login.sig)
+                .map_err(|e| JwtAuthError::new(F::Signature(e), ""))?;
+        }
+        // 14. Revocation.
+        if is_revoked(&account.revocations, &user.subject, user.issued_at) {
+            return fail(F::Revoked, "");
+        }
+        // 15. Source address.
+        if !source_allowed(&limits.source, login.client_ip) {
+            return fail(F::SourceNotAllowed, &login.client_ip.to_string());
+        }
+        // 16. Connect times.
+        let Ok(window_end) = times::window_end(&limits.times, &limits.times_location, now) else {
+            return fail(F::OutsideConnectTimes, "");
+        };
+        let user_exp = (user.expires > 0).then(|| from_unix(user.expires));
+        let expires_at = match (user_exp, window_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(JwtUser {
+            permissions: permissions_of(&limits, &account.default_permissions),
+            subs: min_limit(limits.subs, account.limits.subs),
+            payload: min_limit(limits.payload, account.limits.payload),
+            bearer: limits.bearer_token,
+            expires_at,
+            account_expires_at: account.expires_at,
+            is_system_account: account.is_system_account,
+            user_name: user.name,
+            account_key: account.key.clone(),
+            account_name: account.name.clone(),
+            issuer: user.issuer,
+            issued_at: user.issued_at,
+            tags: user.nats.generic.tags,
+            user_key: user.subject,
+            jwt: login.jwt.to_owned(),
+        })
+    }
+
+    /// Re-check a connected user against the current account (after an
+    /// account update or when a timer fires). Returns the reason to close.
+    pub fn recheck(&self, user: &JwtUser, now: SystemTime) -> Result<(), Disconnect> {
+        let Some(account) = self.accounts.get(&user.account_key) else {
+            return Err(Disconnect::AuthorizationViolation);
+        };
+        if account.claims.expires > 0 && unix(now) > account.claims.expires {
+            return Err(Disconnect::AccountExpired);
+        }
+        let Ok(claims) = claims::decode::<User>(&user.jwt) else {
+            return Err(Disconnect::AuthorizationViolation);
+        };
+        // Signing key removed or scope changed: silent close.
+        match effective_limits(&claims, account) {
+            Ok(limits) => {
+                if permissions_of(&limits, &account.default_permissions) != user.permissions
+                    && has_scope(account, &claims.issuer)
+                {
+                    return Err(Disconnect::AuthenticationFailure);
+                }
+            }
+            Err(_) => return Err(Disconnect::AuthenticationFailure),
+        }
+        // The update-time check (`IsClaimRevoked`): a token without `iat` is
+        // revoked as soon as the account has any revocation entry.
+        if (user.issued_at == 0 && !account.revocations.is_empty())
+            || is_revoked(&account.revocations, &user.user_key, user.issued_at)
+        {
+            return Err(Disconnect::Revoked);
+        }
+        if user.bearer && account.disallow_bearer {
+            return Err(Disconnect::AuthorizationViolation);
+        }
+        if user.expires_at.is_some_and(|t| now >= t) {
+            return Err(Disconnect::UserExpired);
+        }
+        Ok(())
+    }
+
+    // === helpers ===
+
+    fn add_operator(&mut self, token: &str, file: &Path) -> Result<(), String> {
+        let op =
+            claims::decode::<Operator>(token).map_err(|e| format!("invalid operator JWT: {e}"))?;
+        if op.subject != op.issuer && !nkey::is_operator_public_key(&op.subject) {
+            return Err("operator JWT subject is not an operator key".into());
+        }
+        for key in &op.nats.signing_keys {
+            if !nkey::is_operator_public_key(key) {
+                return Err(format!(
+                    "operator signing key {key:?} is not an operator key"
+                ));
+            }
+        }
+        let strict = op.nats.strict_signing_key_usage;
+        if !strict {
+            self.trusted.insert(op.subject.clone(), false);
+        }
+        for key in &op.nats.signing_keys {
+            self.trusted.insert(key.clone(), strict);
+        }
+        let system_account =
+            (!op.nats.system_account.is_empty()).then(|| op.nats.system_account.clone());
+        if self.system_account.is_none() {
+            self.system_account.clone_from(&system_account);
+        }
+        self.operators.push(OperatorInfo {
+            name: op.name,
+            key: op.subject,
+            signing_keys: op.nats.signing_keys,
+            strict_signing_keys: strict,
+            system_account,
+            expires_at: (op.expires > 0).then(|| from_unix(op.expires)),
+            file: file.to_owned(),
+        });
+        Ok(())
+    }
+
+    fn verify_account(
+        &self,
+        token: &str,
+        now: SystemTime,
+        expected_key: Option<&str>,
+    ) -> Result<AccountInfo, String> {
+        let acc: AccountClaims =
+            claims::decode::<Account>(token).map_err(|e| format!("invalid account JWT: {e}"))?;
+        let Some(&strict) = self.trusted.get(&acc.issuer) else {
+            return Err(format!(
+                "account JWT not signed by a trusted operator (iss {})",
+                acc.issuer
+            ));
+        };
+        if !nkey::is_account_public_key(&acc.subject) {
+            return Err("account JWT subject is not an account key".into());
+        }
+        if let Some(expected) = expected_key
+            && expected != acc.subject
+        {
+            return Err(format!(
+                "account JWT subject {} does not match the file name",
+                acc.subject
+            ));
+        }
+        let now = unix(now);
+        if acc.expires > 0 && now > acc.expires {
+            return Err("account JWT has expired".into());
+        }
+        if acc.not_before > 0 && acc.not_before > now {
+            return Err("account JWT is not yet valid".into());
+        }
+        let mut signing_keys = Vec::with_capacity(acc.nats.signing_keys.len());
+        for sk in &acc.nats.signing_keys {
+            if !nkey::is_account_public_key(sk.key()) {
+                return Err(format!(
+                    "account signing key {:?} is not an account key",
+                    sk.key()
+                ));
+            }
+            let (scoped, role) = match sk {
+                SigningKey::Plain(_) => (false, String::new()),
+                SigningKey::Scoped(s) => {
+                    validate_limits(&s.template).map_err(|p| format!("scope of {}: {p}", s.key))?;
+                    (true, s.role.clone())
+                }
+            };
+            signing_keys.push(AccountSigningKey {
+                key: sk.key().to_owned(),
+                scoped,
+                role,
+            });
+        }
+        let limits = &acc.nats.limits;
+        Ok(AccountInfo {
+            name: acc.name.clone(),
+            key: acc.subject.clone(),
+            issuer: acc.issuer.clone(),
+            signing_keys,
+            strict,
+            revocations: acc.nats.revocations.clone(),
+            expires_at: (acc.expires > 0).then(|| from_unix(acc.expires)),
+            limits: AccountLimits {
+                conn: limits.conn,
+                subs: limits.subs,
+                payload: limits.payload,
+                data: limits.data,
+            },
+            disallow_bearer: limits.disallow_bearer,
+            default_permissions: permissions_spec(&acc.nats.default_permissions),
+            tags: acc.nats.generic.tags.clone(),
+            is_system_account: self.system_account.as_deref() == Some(acc.subject.as_str()),
+            jwt: token.to_owned(),
+            claims: acc,
+        })
+    }
+}
+
+/// The account a user belongs to: `issuer_account`, else `iss` (step 4).
+fn account_key_of(user: &UserClaims) -> &str {
+    if user.nats.issuer_account.is_empty() {
+        &user.issuer
+    } else {
+        &user.nats.issuer_account
+    }
+}
+
+fn has_scope(account: &AccountInfo, issuer: &str) -> bool {
+    account
+        .signing_keys
+        .iter()
+        .any(|k| k.key == issuer && k.scoped)
+}
+
+/// Steps 8 and 9: the issuer must be a signing key of the account (or its
+/// identity key unless strict); for a scoped key the user must be empty and
+/// gets the template. Returns the effective permissions and limits.
+fn effective_limits(
+    user: &UserClaims,
+    account: &AccountInfo,
+) -> Result<UserPermissionLimits, JwtAuthError> {
+    let scope = account
+        .claims
+        .nats
+        .signing_keys
+        .iter()
+        .find(|k| k.key() == user.issuer);
+    let scope = match scope {
+        Some(SigningKey::Scoped(scope)) => scope,
+        Some(SigningKey::Plain(_)) => return Ok(user.nats.limits.clone()),
+        None if user.issuer == account.key && !account.strict => {
+            return Ok(user.nats.limits.clone());
+        }
+        None => return Err(JwtAuthError::new(AuthFailure::IssuerUnknown, "")),
+    };
+    if !user.nats.limits.is_empty() {
+        return Err(JwtAuthError::new(AuthFailure::ScopedUserNotEmpty, ""));
+    }
+    let mut limits = scope.template.clone();
+    let ctx = TemplateContext {
+        user_name: &user.name,
+        user_key: &user.subject,
+        user_tags: &user.nats.generic.tags,
+        issuer_account: &user.nats.issuer_account,
+        account_name: &account.name,
+        account_tags: &account.tags,
+    };
+    template::apply(&mut limits, &ctx)
+        .map_err(|e| JwtAuthError::new(AuthFailure::TemplateInvalid, format!("{e:?}")))?;
+    Ok(limits)
+}
+
+/// `UserClaims.Validate`: time checks and blocking errors (spec 3.6, 3.9).
+fn validate_user(user: &UserClaims, now: i64) -> Result<(), String> {
+    if user.expires > 0 && now > user.expires {
+        return Err("claim is expired".into());
+    }
+    if user.not_before > 0 && user.not_before > now {
+        return Err("claim is not yet valid".into());
+    }
+    if !user.nats.issuer_account.is_empty()
+        && !nkey::is_account_public_key(&user.nats.issuer_account)
+    {
+        return Err("issuer_account is not an account public key".into());
+    }
+    validate_limits(&user.nats.limits)
+}
+
+/// Blocking validation of permissions and limits (also scope templates).
+fn validate_limits(limits: &UserPermissionLimits) -> Result<(), String> {
+    validate_permission(&limits.publish, false)?;
+    validate_permission(&limits.subscribe, true)?;
+    for cidr in &limits.source {
+        if parse_cidr(cidr).is_none() {
+            return Err(format!("invalid CIDR {cidr:?}"));
+        }
+    }
+    for range in &limits.times {
+        if times::parse_clock(&range.start).is_none() || times::parse_clock(&range.end).is_none() {
+            return Err(format!("invalid time range {}-{}", range.start, range.end));
+        }
+    }
+    if !limits.times_location.is_empty() {
+        times::load_zone(&limits.times_location)?;
+    }
+    Ok(())
+}
+
+/// Subjects must be non-empty, have at most one blank (only in sub entries,
+/// separating the queue), not start or end with `.`, and have no `..`.
+fn validate_permission(perm: &Permission, queue_allowed: bool) -> Result<(), String> {
+    for subject in perm.allow.iter().chain(&perm.deny) {
+        // Blanks inside a template placeholder (`{{ name() }}`) are trimmed
+        // at substitution; nats-server 2.15.1 accepts them in scopes.
+        let blanks = outside_placeholders(subject).filter(|c| *c == ' ').count();
+        let ok = !subject.is_empty()
+            && blanks <= usize::from(queue_allowed)
+            && !subject.starts_with('.')
+            && !subject.ends_with('.')
+            && !subject.contains("..");
+        if !ok {
+            return Err(format!("invalid subject {subject:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// The characters of `subject` that are not inside a `{{ ... }}` placeholder.
+fn outside_placeholders(subject: &str) -> impl Iterator<Item = char> + '_ {
+    let mut depth = false;
+    let mut chars = subject.chars().peekable();
+    std::iter::from_fn(move || {
+        loop {
+            let c = chars.next()?;
+            if !depth && c == '{' && chars.peek() == Some(&'{') {
+                chars.next();
+                depth = true;
+            } else if depth && c == '}' && chars.peek() == Some(&'}') {
+                chars.next();
+                depth = false;
+            } else if !depth {
+                return Some(c);
+            }
+        }
+    })
+}
+
+/// Spec 4.1: the permissions of a user; the account defaults when the user
+/// has no pub, no sub and no resp.
+fn permissions_of(limits: &UserPermissionLimits, defaults: &PermissionSpec) -> PermissionSpec {
+    let own = Permissions {
+        publish: limits.publish.clone(),
+        subscribe: limits.subscribe.clone(),
+        response: limits.response,
+    };
+    if own.is_empty() {
+        return defaults.clone();
+    }
+    permissions_spec(&own)
+}
+
+/// Convert a JWT `Permissions` object (`buildPermissionsFromJwt`, spec 4.1).
+fn permissions_spec(p: &Permissions) -> PermissionSpec {
+    let rules = |perm: &Permission| {
+        (!perm.is_empty()).then(|| SubjectRules {
+            allow: (!perm.allow.is_empty()).then(|| perm.allow.clone()),
+            deny: perm.deny.clone(),
+        })
+    };
+    let mut spec = PermissionSpec {
+        publish: rules(&p.publish),
+        subscribe: rules(&p.subscribe),
+        responses: p.response.map(|r| ResponseSpec {
+            max: r.max,
+            ttl_nanos: r.ttl,
+        }),
+    };
+    if spec.responses.is_some() {
+        // With `resp`, an absent publish allow list becomes an explicit
+        // empty one: only tracked replies may be published.
+        let publish = spec.publish.get_or_insert_with(SubjectRules::default);
+        publish.allow.get_or_insert_with(Vec::new);
+    }
+    spec
+}
+
+/// `isRevoked`: an entry for the key or `*` at or after `iat`.
+fn is_revoked(revocations: &BTreeMap<String, i64>, user_key: &str, issued_at: i64) -> bool {
+    [user_key, "*"]
+        .iter()
+        .any(|k| revocations.get(*k).is_some_and(|&t| t >= issued_at))
+}
+
+/// Spec 5.3: upper-cased; unknown values ignored unless all are unknown.
+fn connection_type_allowed(allowed: &[String], connection_type: &str) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let known: HashSet<String> = allowed
+        .iter()
+        .map(|t| t.to_ascii_uppercase())
+        .filter(|t| CONNECTION_TYPES.contains(&t.as_str()))
+        .collect();
+    !known.is_empty() && known.contains(&connection_type.to_ascii_uppercase())
+}
+
+/// Spec 5.1: empty = anywhere; else the IP must be in one of the CIDRs.
+fn source_allowed(source: &[String], ip: IpAddr) -> bool {
+    if source.is_empty() {
+        return true;
+    }
+    let ip = ip.to_canonical();
+    source
+        .iter()
+        .filter_map(|c| parse_cidr(c))
+        .any(|(net, bits)| cidr_contains(net, bits, ip))
+}
+
+/// Parse `addr/bits` like Go's `net.ParseCIDR`.
+fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
+    let (addr, bits) = s.trim().split_once('/')?;
+    let addr: IpAddr = addr.parse().ok()?;
+    if bits.is_empty() || bits.len() > 3 || !bits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let bits: u8 = bits.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (bits <= max).then_some((addr.to_canonical(), bits))
+}
+
+fn cidr_contains(net: IpAddr, bits: u8, ip: IpAddr) -> bool {
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(i) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(i) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Spec 5.4: -1 (any negative) is unlimited, anything else a limit.
+fn min_limit(user: i64, account: i64) -> i64 {
+    match (user < 0, account < 0) {
+        (true, true) => -1,
+        (true, false) => account,
+        (false, true) => user,
+        (false, false) => user.min(account),
+    }
+}
+
+fn read_token(file: &Path) -> Result<String, JwtLoadError> {
+    let text = std::fs::read_to_string(file).map_err(|source| JwtLoadError::Io {
+        file: file.to_owned(),
+        source,
+    })?;
+    Ok(extract_token(&text).to_owned())
+}
+
+/// The JWT in a file: the whole trimmed text, or for a decorated file the
+/// first line after a `-----BEGIN ...` line.
+fn extract_token(text: &str) -> &str {
+    let mut lines = text.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        if line.starts_with("---") && line.contains("BEGIN") {
+            return lines.next().unwrap_or("");
+        }
+    }
+    text.trim()
+}
+
+fn invalid(file: Option<&Path>, problem: String) -> JwtLoadError {
+    JwtLoadError::Invalid {
+        file: file.map(Path::to_owned),
+        problem,
+    }
+}
+
+pub(crate) fn unix(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs_f64().ceil() as i64),
+    }
+}
+
+pub(crate) fn from_unix(secs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}
+
+// === constants ===
+
+/// nats-server's connection type names (`jwt v2/user_claims.go`).
+const CONNECTION_TYPES: [&str; 7] = [
+    "STANDARD",
+    "WEBSOCKET",
+    "LEAFNODE",
+    "LEAFNODE_WS",
+    "MQTT",
+    "MQTT_WS",
+    "IN_PROCESS",
+];

@@ -1,0 +1,240 @@
+//! Authentication: the nonce natsgate challenges each client with, and the
+//! turn of a CONNECT into an [`Identity`] or an [`AuthFailure`].
+//!
+//! Two kinds of users, as nats-server has them (spec 2.3, 2.4):
+//! - static NKey users from `[[users]]`: CONNECT `nkey` + signature of the nonce;
+//! - JWT users (`[jwt]`): CONNECT `jwt` + signature, verified up the chain to a
+//!   trusted operator by [`jwt::TrustStore`].
+//!
+//! The client only ever learns `Authorization Violation`; the precise reason is
+//! in [`AuthFailure`] for logs and metrics.
+
+pub mod jwt;
+pub mod nkey;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use base64::Engine;
+
+use crate::config::{Settings, StaticUser};
+use crate::permissions::{PermissionSpec, Permissions};
+use crate::protocol::connect::ConnectOptions;
+
+/// Who a client is, once authenticated, and what it may do.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// The user's public NKey (`U...`).
+    pub user: String,
+    /// A human name: the JWT `name` or the configured `name` (may be empty).
+    pub name: String,
+    /// The account: its public key for JWT users, the configured `account`
+    /// for static users (empty when none).
+    pub account: String,
+    /// The account's name (JWT `name`), or the configured account.
+    pub account_name: String,
+    pub permissions: Arc<Permissions>,
+    /// The permissions as configured or carried in the JWT (for USER.INFO).
+    pub spec: PermissionSpec,
+    /// Per-connection subscription limit; `None` is unlimited.
+    pub max_subscriptions: Option<usize>,
+    /// Per-connection payload limit from the JWT or account; `None` is
+    /// unlimited (the server's and natsgate's limits still apply).
+    pub max_payload: Option<usize>,
+    /// When the user must be disconnected with `User Authentication Expired`.
+    pub expires_at: Option<SystemTime>,
+    /// When the account's JWT expires (`Account Authentication Expired`).
+    pub account_expires_at: Option<SystemTime>,
+    pub system_account: bool,
+    /// The verified JWT user, for JWT users.
+    pub jwt: Option<Arc<jwt::JwtUser>>,
+}
+
+/// Why a CONNECT did not authenticate. The client is only told
+/// `Authorization Violation`.
+#[derive(Debug, Clone)]
+pub struct AuthFailure {
+    /// A short, bounded label (metrics `reason`).
+    pub reason: &'static str,
+    /// The precise reason, for the debug log.
+    pub detail: String,
+}
+
+impl AuthFailure {
+    fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+        AuthFailure {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A static user from `[[users]]`, with its permissions compiled once.
+#[derive(Debug)]
+struct StaticEntry {
+    name: String,
+    account: String,
+    permissions: Arc<Permissions>,
+    spec: PermissionSpec,
+}
+
+/// Turns CONNECTs into identities. Immutable; rebuilt on reload and on
+/// account updates (which keep the compiled static users).
+#[derive(Debug)]
+pub struct Authenticator {
+    static_users: Arc<HashMap<String, StaticEntry>>,
+    trust: Option<jwt::TrustStore>,
+}
+
+impl Authenticator {
+    /// Builds the authenticator from validated settings and (when `[jwt]` is
+    /// configured) the loaded trust store.
+    pub fn new(users: &[StaticUser], trust: Option<jwt::TrustStore>) -> Authenticator {
+        let static_users = users
+            .iter()
+            .map(|u| {
+                let entry = StaticEntry {
+                    name: u.name.clone().unwrap_or_default(),
+                    account: u.account.clone().unwrap_or_default(),
+                    permissions: Arc::new(Permissions::compile(&u.permissions)),
+                    spec: u.permissions.clone(),
+                };
+                (u.nkey.clone(), entry)
+            })
+            .collect();
+        Authenticator {
+            static_users: Arc::new(static_users),
+            trust,
+        }
+    }
+
+    /// The same static users with another trust store (an account update).
+    pub fn with_trust(&self, trust: jwt::TrustStore) -> Authenticator {
+        Authenticator {
+            static_users: self.static_users.clone(),
+            trust: Some(trust),
+        }
+    }
+
+    /// Loads the JWTs named by `[jwt]` (if any) and builds the authenticator.
+    pub fn load(settings: &Settings, now: SystemTime) -> Result<Authenticator, jwt::JwtLoadError> {
+        let trust = match &settings.jwt {
+            Some(j) => Some(jwt::TrustStore::load(
+                &j.operators,
+                j.accounts_dir.as_deref(),
+                &j.accounts,
+                now,
+            )?),
+            None => None,
+        };
+        Ok(Authenticator::new(&settings.users, trust))
+    }
+
+    pub fn trust(&self) -> Option<&jwt::TrustStore> {
+        self.trust.as_ref()
+    }
+
+    /// Authenticates one CONNECT against the nonce this connection was sent.
+    pub fn authenticate(
+        &self,
+        opts: &ConnectOptions,
+        nonce: &[u8],
+        client_ip: IpAddr,
+        now: SystemTime,
+    ) -> Result<Identity, AuthFailure> {
+        if let (Some(trust), Some(token)) = (&self.trust, opts.jwt.as_deref()) {
+            let login = jwt::JwtLogin {
+                jwt: token,
+                sig: opts.sig.as_deref(),
+                nonce,
+                client_ip,
+                connection_type: "STANDARD",
+            };
+            let user = trust
+                .authenticate(&login, now)
+                .map_err(|e| AuthFailure::new(e.reason(), e.to_string()))?;
+            return Ok(identity_from_jwt(user));
+        }
+        let Some(key) = opts.nkey.as_deref() else {
+            return Err(if self.trust.is_some() {
+                AuthFailure::new("no_jwt", "Authentication requires a user JWT")
+            } else {
+                AuthFailure::new("no_credentials", "no nkey in CONNECT")
+            });
+        };
+        let Some(entry) = self.static_users.get(key) else {
+            return Err(AuthFailure::new(
+                "unknown_user",
+                format!("unknown nkey {key}"),
+            ));
+        };
+        nkey::verify_nonce_signature(key, nonce, opts.sig.as_deref())
+            .map_err(|e| AuthFailure::new(e.reason(), e.to_string()))?;
+        Ok(Identity {
+            user: key.to_string(),
+            name: entry.name.clone(),
+            account: entry.account.clone(),
+            account_name: entry.account.clone(),
+            permissions: entry.permissions.clone(),
+            spec: entry.spec.clone(),
+            max_subscriptions: None,
+            max_payload: None,
+            expires_at: None,
+            account_expires_at: None,
+            system_account: false,
+            jwt: None,
+        })
+    }
+}
+
+fn identity_from_jwt(user: jwt::JwtUser) -> Identity {
+    let limit = |v: i64| {
+        if v < 0 {
+            None
+        } else {
+            Some(usize::try_from(v).unwrap_or(usize::MAX))
+        }
+    };
+    Identity {
+        user: user.user_key.clone(),
+        name: user.user_name.clone(),
+        account: user.account_key.clone(),
+        account_name: user.account_name.clone(),
+        permissions: Arc::new(Permissions::compile(&user.permissions)),
+        spec: user.permissions.clone(),
+        max_subscriptions: limit(user.subs),
+        max_payload: limit(user.payload),
+        expires_at: user.expires_at,
+        account_expires_at: user.account_expires_at,
+        system_account: user.is_system_account,
+        jwt: Some(Arc::new(user)),
+    }
+}
+
+/// A fresh nonce: 11 random bytes, base64 URL alphabet without padding, 15
+/// characters, as nats-server makes them (spec 1.3).
+pub fn new_nonce() -> String {
+    let mut raw = [0u8; 11];
+    // The OS random source failing is not recoverable; nats-server panics too.
+    getrandom::fill(&mut raw).expect("the OS random number generator failed");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonces_are_fifteen_url_safe_characters_and_differ() {
+        let a = new_nonce();
+        let b = new_nonce();
+        assert_eq!(a.len(), 15);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        assert_ne!(a, b);
+    }
+}

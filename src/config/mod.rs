@@ -1,0 +1,326 @@
+//! Configuration: the TOML file (see `config/natsgate.toml` and the contract's
+//! section 2) turned into validated runtime [`Settings`].
+//!
+//! There is one path, `load → parse (file model) → validate → Settings`:
+//!
+//! - [`file`] is the serde model of the file, as written. Every table rejects
+//!   unknown keys, so a typo cannot silently switch a security setting off.
+//! - [`validate`] checks every value, applies the defaults (named constants
+//!   below), resolves relative paths against the config file's directory and
+//!   reads the files the config names (upstream seeds and `.creds`), so a
+//!   config that loads is a config the proxy can run with.
+//! - Every [`ConfigError`] is one line that starts with the file and names the
+//!   key (or the line) and the problem.
+//!
+//! This module does not load JWTs (that is `auth::jwt`) or compile
+//! permissions (that is `permissions`); it hands them paths and a
+//! [`PermissionSpec`].
+
+mod creds;
+mod file;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::permissions::PermissionSpec;
+
+pub use creds::{CredsError, parse_creds, parse_seed_file};
+
+/// Everything natsgate needs to run, validated.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: ListenSettings,
+    pub upstream: UpstreamSettings,
+    /// `[jwt]`: decentralized (operator mode) authentication, when present.
+    pub jwt: Option<JwtSettings>,
+    /// `[[users]]`: static NKey users; public keys are unique.
+    pub users: Vec<StaticUser>,
+    pub metrics: Option<MetricsSettings>,
+    pub log: LogSettings,
+    /// The directory of the config file (absolute when loaded from a file);
+    /// relative paths in the file were resolved against it.
+    pub base_dir: PathBuf,
+}
+
+/// `[listen]`: the client-facing side.
+#[derive(Clone, Debug)]
+pub struct ListenSettings {
+    /// As written, e.g. `"0.0.0.0:4222"`: a socket address or `host:port`.
+    pub addr: String,
+    /// CONNECT must arrive and verify within this.
+    pub auth_timeout: Duration,
+    pub max_connections: usize,
+    /// Bytes, counted as nats-server counts them.
+    pub max_control_line: usize,
+    /// Bytes; between 1 and [`MAX_PAYLOAD_LIMIT`].
+    pub max_payload: usize,
+    /// How long connections may drain after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+    /// `server_name` in INFO; defaults to the host name.
+    pub server_name: String,
+    /// Sent to clients as `connect_urls` (`host:port` each).
+    pub advertise: Vec<String>,
+    pub tls: Option<ListenTls>,
+}
+
+/// `[listen.tls]`; the files exist and are readable (their contents are not
+/// checked here).
+#[derive(Clone, Debug)]
+pub struct ListenTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate signed by it.
+    pub ca_file: Option<PathBuf>,
+    /// TLS before INFO, as nats-server's `handshake_first`.
+    pub handshake_first: bool,
+}
+
+/// `[upstream]`: the nats-server natsgate logs in to.
+#[derive(Clone, Debug)]
+pub struct UpstreamSettings {
+    /// At least one; tried in order.
+    pub servers: Vec<ServerAddr>,
+    pub connect_timeout: Duration,
+    /// The credential for every upstream connection without an account entry.
+    pub credential: Credential,
+    /// Per-account credentials; account names are unique.
+    pub accounts: Vec<AccountCredential>,
+    pub tls: Option<UpstreamTls>,
+}
+
+/// One upstream server: `nats://h:p`, `tls://h:p`, `h:p` or `h` (port 4222).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerAddr {
+    /// Without brackets for IPv6 (`::1`), ready for `(host, port)` dialing.
+    pub host: String,
+    pub port: u16,
+    /// `tls://`: TLS is required on this server.
+    pub tls: bool,
+    /// Normalized, for logs: `nats://host:port` or `tls://host:port`.
+    pub url: String,
+}
+
+/// `[upstream.tls]`; the files exist and are readable.
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key: both or neither.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+}
+
+/// How natsgate logs in to the upstream server. Files named in the config
+/// have been read and checked: `seed` is a valid user NKey seed.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    UserPassword { user: String, password: Secret },
+    Token(Secret),
+    Nkey { seed: Secret },
+    Creds { jwt: String, seed: Secret },
+}
+
+/// `[[upstream.accounts]]`: the credential for users of one account.
+#[derive(Clone, Debug)]
+pub struct AccountCredential {
+    /// The account's name (from its JWT) or public key (`A...`).
+    pub account: String,
+    pub credential: Credential,
+}
+
+/// `[jwt]`: where the trusted operator and the account JWTs are. Paths are
+/// resolved against `base_dir` but the files are not read here.
+#[derive(Clone, Debug)]
+pub struct JwtSettings {
+    /// Not empty.
+    pub operators: Vec<PathBuf>,
+    pub accounts_dir: Option<PathBuf>,
+    pub accounts: Vec<PathBuf>,
+}
+
+/// `[[users]]`: a static NKey user.
+#[derive(Clone, Debug)]
+pub struct StaticUser {
+    /// A valid user public key (`U...`, 56 characters).
+    pub nkey: String,
+    pub name: Option<String>,
+    /// Picks the `[[upstream.accounts]]` credential with this name, if any.
+    pub account: Option<String>,
+    pub permissions: PermissionSpec,
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug)]
+pub struct MetricsSettings {
+    /// A socket address or `host:port`.
+    pub addr: String,
+}
+
+/// `[log]`
+#[derive(Clone, Debug)]
+pub struct LogSettings {
+    /// One of `error`, `warn`, `info`, `debug`, `trace` (lower case).
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A password, token or seed. `Debug` prints `MASKED`; there is no
+/// `Display`, so the only way to the text is [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+/// Why a config cannot be used. Every message is one line that starts with
+/// the file at fault.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file itself cannot be read.
+    #[error("{}: cannot read: {reason}", file.display())]
+    Read { file: PathBuf, reason: String },
+    /// Not valid TOML, an unknown key, a missing key or a value of the wrong
+    /// type. `message` starts with the key when the line shows it.
+    #[error("{}:{line}:{column}: {message}", file.display())]
+    Syntax {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// Well-formed, but the value of `key` (a dotted path such as
+    /// `users[0].nkey`) is not usable.
+    #[error("{}: {key}: {problem}", file.display())]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        problem: String,
+    },
+    /// A file named by `key` (a seed, a `.creds` file, a TLS file) is
+    /// missing or unusable.
+    #[error("{}: {problem} (named by {key} in {})", path.display(), file.display())]
+    Referenced {
+        file: PathBuf,
+        key: String,
+        path: PathBuf,
+        problem: String,
+    },
+}
+
+/// The port used when an upstream server is given without one.
+pub const DEFAULT_NATS_PORT: u16 = 4222;
+pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
+/// nats-server's `MAX_CONTROL_LINE_SIZE`.
+pub const DEFAULT_MAX_CONTROL_LINE: usize = 4096;
+/// The smallest accepted `max_control_line`: room for an NKey CONNECT
+/// (about 300 bytes) and ordinary subjects. JWT users need more (their
+/// CONNECT carries the JWT), which the default gives.
+pub const MIN_MAX_CONTROL_LINE: usize = 512;
+/// The largest accepted `max_control_line` (1 MiB); each connection may
+/// buffer this much before a line is complete.
+pub const MAX_MAX_CONTROL_LINE: usize = 1024 * 1024;
+/// nats-server's default `max_payload`.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+/// nats-server's hard upper limit for `max_payload` (64 MiB).
+pub const MAX_PAYLOAD_LIMIT: usize = 64 * 1024 * 1024;
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The `server_name` when no host name can be found.
+pub const FALLBACK_SERVER_NAME: &str = "natsgate";
+/// How an inline config (`from_toml_str`) is named in errors.
+const INLINE_FILE_NAME: &str = "<inline config>";
+
+// === impl Settings ===
+
+impl Settings {
+    /// Reads, parses and validates the config file at `path`, and reads the
+    /// credential files it names. Relative paths in the file are resolved
+    /// against the file's directory.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            file: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let parent = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        // `absolute` only fails for an empty path or without a current
+        // directory; the relative directory still works then.
+        let base_dir = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
+        validate::parse(&text, path, &base_dir)
+    }
+
+    /// Parses and validates a config given as text (tests start natsgate
+    /// in-process with this). Relative paths are resolved against
+    /// `base_dir`; errors name the file `<inline config>`.
+    pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Settings, ConfigError> {
+        validate::parse(text, Path::new(INLINE_FILE_NAME), base_dir)
+    }
+}
+
+// === impl Credential ===
+
+impl Credential {
+    /// A short name of the kind, for `check` and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::UserPassword { .. } => "user/password",
+            Credential::Token(_) => "token",
+            Credential::Nkey { .. } => "nkey",
+            Credential::Creds { .. } => "creds",
+        }
+    }
+
+    /// The kind and the public part (user name or public key), never the
+    /// secret: `user/password (user "gate")`, `nkey (UAB...)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Credential::UserPassword { user, .. } => format!("user/password (user {user:?})"),
+            Credential::Token(_) => "token".to_owned(),
+            Credential::Nkey { seed } | Credential::Creds { seed, .. } => {
+                // Validation checked the seed, so this only falls back if the
+                // value was built by hand.
+                match creds::user_key_pair(seed.expose()) {
+                    Ok(key_pair) => format!("{} ({})", self.kind(), key_pair.public_key()),
+                    Err(_) => self.kind().to_owned(),
+                }
+            }
+        }
+    }
+}
+
+// === impl Secret ===
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret text. Call it only where the secret is sent or used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Secret {
+        Secret(value)
+    }
+}
+
+#[cfg(test)]
+mod tests;

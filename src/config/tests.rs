@@ -1,0 +1,392 @@
+//! Config tests: every fixture in `tests/fixtures/config/{valid,invalid}`,
+//! the defaults, the permission forms, secrets staying masked, and the
+//! `.creds` parser.
+//!
+//! An invalid fixture starts with `# error: <text>`; loading it must fail
+//! with a one-line message that contains `<text>` and starts with the file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+use crate::permissions::{ResponseSpec, SubjectRules};
+
+const SVC_A: &str = "UCNBBV6JFYCQ6LROLGH5CKAECPXEJR3KS5HZQIMR5OHMVKTIJBV6DBIM";
+const SVC_B: &str = "UBN2OBSJ7ZAN7TWDIFWM2WT45C6FC2LRQ37NZ5SVY6F6YB4BWQ2JYGJJ";
+const UPSTREAM_GATE: &str = "UBJW3G5UR624XXN3FQE3OCQACYMNFESXNF5OKMR2MU6QQIDGGK3TZCLQ";
+const CREDS_USER: &str = "UC5SY6X2WIJTLI2PU4NHWSHVXUK2DX4ICZI4BGAUGZJOL3GE5VEBSEHZ";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config")
+}
+
+fn fixture_files(kind: &str) -> Vec<PathBuf> {
+    let dir = fixtures().join(kind);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.expect("readable directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no fixtures in {}", dir.display());
+    files
+}
+
+fn load_valid(name: &str) -> Settings {
+    let path = fixtures().join("valid").join(name);
+    Settings::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// A minimal config around `users`, for inline tests.
+fn inline(extra: &str) -> Result<Settings, ConfigError> {
+    let text = format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n\n[upstream]\nservers = [\"127.0.0.1:4223\"]\n\
+         user = \"gate\"\npassword = \"pw-do-not-print\"\n\n{extra}"
+    );
+    Settings::from_toml_str(&text, &fixtures().join("valid"))
+}
+
+// === fixtures ===
+
+#[test]
+fn every_valid_fixture_loads() {
+    for path in fixture_files("valid") {
+        if let Err(e) = Settings::load(&path) {
+            panic!("{}: {e}", path.display());
+        }
+    }
+}
+
+#[test]
+fn every_invalid_fixture_fails_for_its_reason() {
+    for path in fixture_files("invalid") {
+        let text = std::fs::read_to_string(&path).expect("fixture is readable");
+        let expected = text
+            .lines()
+            .next()
+            .and_then(|line| line.strip_prefix("# error: "))
+            .unwrap_or_else(|| panic!("{} must start with `# error: `", path.display()))
+            .trim();
+        let message = match Settings::load(&path) {
+            Ok(_) => panic!(
+                "{} loaded, expected an error with {expected:?}",
+                path.display()
+            ),
+            Err(e) => e.to_string(),
+        };
+        // Look for the reason outside the paths (which contain "invalid").
+        let without_paths = message.replace(&fixtures().display().to_string(), "");
+        assert!(
+            without_paths.contains(expected),
+            "{}: message {message:?} does not contain {expected:?}",
+            path.display()
+        );
+        assert!(!message.contains('\n'), "{message:?} is not one line");
+        assert!(!message.contains("s3cret"), "{message:?} shows a secret");
+        // The message names the config file, or the file it points at.
+        let file_name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            message.contains(&file_name),
+            "{message:?} does not name {file_name}"
+        );
+    }
+}
+
+#[test]
+fn minimal_fixture_takes_the_defaults() {
+    let settings = load_valid("minimal.toml");
+    let listen = &settings.listen;
+    assert_eq!(listen.addr, "127.0.0.1:4222");
+    assert_eq!(listen.auth_timeout, Duration::from_secs(2));
+    assert_eq!(listen.max_connections, 65_536);
+    assert_eq!(listen.max_control_line, 4096);
+    assert_eq!(listen.max_payload, 1_048_576);
+    assert_eq!(listen.shutdown_grace, Duration::from_secs(10));
+    assert!(!listen.server_name.is_empty());
+    assert!(listen.advertise.is_empty());
+    assert!(listen.tls.is_none());
+
+    let upstream = &settings.upstream;
+    assert_eq!(upstream.servers.len(), 1);
+    assert_eq!(upstream.servers[0].url, "nats://127.0.0.1:4223");
+    assert_eq!(upstream.connect_timeout, Duration::from_secs(2));
+    match &upstream.credential {
+        Credential::UserPassword { user, password } => {
+            assert_eq!(user, "gate");
+            assert_eq!(password.expose(), "s3cret");
+        }
+        other => panic!("unexpected credential {other:?}"),
+    }
+    assert!(upstream.accounts.is_empty());
+    assert!(upstream.tls.is_none());
+
+    assert!(settings.jwt.is_none());
+    assert!(settings.metrics.is_none());
+    assert_eq!(settings.users.len(), 1);
+    assert_eq!(settings.users[0].nkey, SVC_A);
+    assert_eq!(settings.users[0].name, None);
+    assert_eq!(settings.users[0].permissions, PermissionSpec::default());
+    assert_eq!(settings.log.level, "info");
+    assert_eq!(settings.log.format, LogFormat::Text);
+    assert_eq!(settings.base_dir, fixtures().join("valid"));
+}
+
+#[test]
+fn full_fixture_sets_everything() {
+    let settings = load_valid("full.toml");
+    let valid = fixtures().join("valid");
+    let listen = &settings.listen;
+    assert_eq!(listen.auth_timeout, Duration::from_millis(500));
+    assert_eq!(listen.max_connections, 100);
+    assert_eq!(listen.max_control_line, 8192);
+    assert_eq!(listen.max_payload, 65_536);
+    assert_eq!(listen.shutdown_grace, Duration::from_secs(60));
+    assert_eq!(listen.server_name, "natsgate-1");
+    assert_eq!(listen.advertise.len(), 2);
+    let tls = listen.tls.as_ref().expect("listen.tls");
+    assert_eq!(tls.cert_file, fixtures().join("keys/tls/server.pem"));
+    assert!(tls.ca_file.is_some() && tls.handshake_first);
+
+    let upstream = &settings.upstream;
+    let urls: Vec<&str> = upstream.servers.iter().map(|s| s.url.as_str()).collect();
+    assert_eq!(
+        urls,
+        [
+            "nats://127.0.0.1:4223",
+            "tls://nats.internal:4443",
+            "nats://backup:5222",
+            "nats://nats-3:4222"
+        ]
+    );
+    assert!(upstream.servers[1].tls);
+    assert_eq!(upstream.connect_timeout, Duration::from_secs(3));
+    assert_eq!(
+        upstream.credential.describe(),
+        format!("nkey ({UPSTREAM_GATE})")
+    );
+    let kinds: Vec<(&str, &str)> = upstream
+        .accounts
+        .iter()
+        .map(|a| (a.account.as_str(), a.credential.kind()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("APP", "creds"),
+            (
+                "AD4U5VPHQBALHBEK2Z5K2DXACF6MMOY6AOSDNTRRW2KT2MCRRXTEITUF",
+                "token"
+            ),
+            ("OPS", "user/password"),
+        ]
+    );
+    match &upstream.accounts[0].credential {
+        Credential::Creds { jwt, seed } => {
+            assert_eq!(jwt.split('.').count(), 3);
+            assert!(seed.expose().starts_with("SU"));
+        }
+        other => panic!("unexpected credential {other:?}"),
+    }
+    let upstream_tls = upstream.tls.as_ref().expect("upstream.tls");
+    assert_eq!(upstream_tls.server_name.as_deref(), Some("nats.internal"));
+    assert!(upstream_tls.cert_file.is_some() && upstream_tls.key_file.is_some());
+
+    let jwt = settings.jwt.as_ref().expect("jwt");
+    assert_eq!(jwt.operators, [valid.join("jwt/operator.jwt")]);
+    assert_eq!(jwt.accounts_dir, Some(valid.join("jwt/accounts")));
+    assert_eq!(jwt.accounts, [valid.join("jwt/APP.jwt")]);
+
+    let svc_a = &settings.users[0];
+    assert_eq!(svc_a.name.as_deref(), Some("svc-a"));
+    assert_eq!(svc_a.account.as_deref(), Some("APP"));
+    assert_eq!(
+        svc_a.permissions,
+        PermissionSpec {
+            publish: Some(SubjectRules {
+                allow: Some(vec!["orders.>".into()]),
+                deny: vec!["orders.secret".into()],
+            }),
+            subscribe: Some(SubjectRules {
+                allow: Some(vec!["_INBOX.>".into(), "orders.* workers".into()]),
+                deny: vec![],
+            }),
+            responses: Some(ResponseSpec::DEFAULT),
+        }
+    );
+    assert_eq!(settings.users[1].nkey, SVC_B);
+    assert_eq!(settings.metrics.as_ref().unwrap().addr, "127.0.0.1:7777");
+    assert_eq!(settings.log.level, "debug");
+    assert_eq!(settings.log.format, LogFormat::Json);
+}
+
+#[test]
+fn permission_forms_map_like_nats_server() {
+    let settings = load_valid("permission-forms.toml");
+    assert_eq!(
+        settings.users[0].permissions,
+        PermissionSpec {
+            publish: Some(SubjectRules {
+                allow: Some(vec!["orders.>".into()]),
+                deny: vec![],
+            }),
+            subscribe: Some(SubjectRules {
+                allow: Some(vec!["_INBOX.>".into(), "orders.new workers".into()]),
+                deny: vec![],
+            }),
+            responses: Some(ResponseSpec {
+                max: 2,
+                ttl_nanos: 60_000_000_000,
+            }),
+        }
+    );
+    assert_eq!(
+        settings.users[1].permissions,
+        PermissionSpec {
+            publish: Some(SubjectRules {
+                allow: None,
+                deny: vec!["secret.>".into()],
+            }),
+            // An empty allow list in nats-server's config is no allow list.
+            subscribe: Some(SubjectRules {
+                allow: None,
+                deny: vec![],
+            }),
+            responses: None,
+        }
+    );
+}
+
+#[test]
+fn jwt_only_fixture() {
+    let settings = load_valid("jwt-only.toml");
+    assert!(settings.users.is_empty());
+    assert_eq!(settings.log.level, "warn");
+    assert_eq!(
+        settings.upstream.credential.describe(),
+        format!("creds ({CREDS_USER})")
+    );
+}
+
+// === inline configs ===
+
+#[test]
+fn allow_responses_table_defaults_to_zero() {
+    let settings = inline(&format!(
+        "[[users]]\nnkey = \"{SVC_A}\"\n[users.permissions]\nallow_responses = {{ max = -1 }}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        settings.users[0].permissions.responses,
+        Some(ResponseSpec {
+            max: -1,
+            ttl_nanos: 0
+        })
+    );
+}
+
+#[test]
+fn inline_errors_name_the_inline_config() {
+    let err = inline("[[users]]\nnkey = \"nope\"\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "<inline config>: users[0].nkey: \"nope\" is not a user public key (56 characters starting with U)"
+    );
+}
+
+#[test]
+fn syntax_errors_give_line_and_column() {
+    let err = inline(&format!("[[users]]\nnkey = \"{SVC_A}\"\nnmae = \"x\"\n")).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.starts_with("<inline config>:11:1: unknown field `nmae`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn secrets_are_masked_in_debug_output() {
+    let settings = inline(&format!("[[users]]\nnkey = \"{SVC_A}\"\n")).unwrap();
+    let debug = format!("{settings:?}");
+    assert!(!debug.contains("pw-do-not-print"), "{debug}");
+    assert!(debug.contains("MASKED"));
+
+    let settings = load_valid("full.toml");
+    let debug = format!("{settings:?}");
+    for secret in ["t0ken", "ops-s3cret", "SU"] {
+        assert!(!debug.contains(secret), "{secret} leaked: {debug}");
+    }
+}
+
+#[test]
+fn syntax_errors_do_not_echo_values() {
+    // A password of the wrong type: the error names the key, not the value.
+    let text = "[listen]\naddr = \"127.0.0.1:0\"\n[upstream]\nservers = [\"h\"]\n\
+                user = \"gate\"\npassword = 123456789\n";
+    let message = Settings::from_toml_str(text, Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("password"), "{message}");
+    assert!(!message.contains("123456789"), "{message}");
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let path = fixtures().join("does-not-exist.toml");
+    let message = Settings::load(&path).unwrap_err().to_string();
+    assert!(
+        message.starts_with(&path.display().to_string()),
+        "{message}"
+    );
+    assert!(message.contains("cannot read"), "{message}");
+}
+
+// === .creds parsing ===
+
+#[test]
+fn parses_the_creds_fixture() {
+    let text = std::fs::read_to_string(fixtures().join("keys/upstream-gate.creds")).unwrap();
+    let (jwt, seed) = parse_creds(&text).unwrap();
+    assert!(jwt.starts_with("eyJ") && jwt.split('.').count() == 3);
+    let key_pair = nkeys::KeyPair::from_seed(&seed).unwrap();
+    assert_eq!(key_pair.public_key(), CREDS_USER);
+
+    // Windows line endings and no trailing newline after the END line.
+    let crlf = text.replace('\n', "\r\n");
+    assert_eq!(parse_creds(&crlf).unwrap(), (jwt.clone(), seed.clone()));
+    let bare = format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\
+         -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------"
+    );
+    assert_eq!(parse_creds(&bare).unwrap(), (jwt, seed));
+}
+
+#[test]
+fn rejects_broken_creds() {
+    assert_eq!(parse_creds(""), Err(CredsError::MissingJwt));
+    let jwt_only = std::fs::read_to_string(fixtures().join("keys/jwt-only.creds")).unwrap();
+    assert_eq!(parse_creds(&jwt_only), Err(CredsError::MissingSeed));
+    let account_seed = nkeys::KeyPair::new_account().seed().unwrap();
+    let wrong_kind = format!(
+        "-----BEGIN NATS USER JWT-----\na.b.c\n------END NATS USER JWT------\n\
+         -----BEGIN USER NKEY SEED-----\n{account_seed}\n------END USER NKEY SEED------\n"
+    );
+    assert_eq!(
+        parse_creds(&wrong_kind),
+        Err(CredsError::NotUserSeed("account"))
+    );
+    let not_a_jwt = wrong_kind.replace("a.b.c", "abc");
+    assert_eq!(parse_creds(&not_a_jwt), Err(CredsError::MalformedJwt));
+}
+
+#[test]
+fn seed_files_bare_or_decorated() {
+    let seed = nkeys::KeyPair::new_user().seed().unwrap();
+    assert_eq!(parse_seed_file(&seed).unwrap(), seed);
+    assert_eq!(parse_seed_file(&format!("\n  {seed}  \n")).unwrap(), seed);
+    let decorated =
+        format!("-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n");
+    assert_eq!(parse_seed_file(&decorated).unwrap(), seed);
+    let creds = std::fs::read_to_string(fixtures().join("keys/upstream-gate.creds")).unwrap();
+    assert!(parse_seed_file(&creds).unwrap().starts_with("SU"));
+    assert!(parse_seed_file("hello").is_err());
+}

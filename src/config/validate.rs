@@ -1,0 +1,823 @@
+//! The file model → [`Settings`]: defaults, value checks, path resolution and
+//! the reading of credential files. Every error names the key.
+
+use std::collections::HashMap;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use nkeys::KeyPair;
+
+use super::creds::{parse_creds, parse_seed_file};
+use super::file::{
+    AllowResponsesFile, CredentialFile, FileConfig, JwtFile, ListenFile, LogFile, LogFormatFile,
+    PermissionsFile, SubjectRulesFile, UpstreamFile, UserFile,
+};
+use super::*;
+use crate::permissions::{ResponseSpec, SubjectRules};
+
+/// Parses `text` (the contents of `file`) and validates it into [`Settings`].
+pub(super) fn parse(text: &str, file: &Path, base_dir: &Path) -> Result<Settings, ConfigError> {
+    let model: FileConfig = toml::from_str(text).map_err(|e| syntax_error(text, file, &e))?;
+    let ctx = Context { file, base_dir };
+    ctx.settings(model)
+}
+
+/// What every check needs to build an error or resolve a path.
+struct Context<'a> {
+    file: &'a Path,
+    base_dir: &'a Path,
+}
+
+impl Context<'_> {
+    fn settings(&self, model: FileConfig) -> Result<Settings, ConfigError> {
+        let users = model
+            .users
+            .iter()
+            .enumerate()
+            .map(|(i, user)| self.user(i, user))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.check_unique_users(&users)?;
+        let jwt = model.jwt.as_ref().map(|jwt| self.jwt(jwt)).transpose()?;
+        if users.is_empty() && jwt.is_none() {
+            return Err(self.invalid(
+                "users",
+                "no [[users]] and no [jwt] section: nobody could log in",
+            ));
+        }
+        Ok(Settings {
+            listen: self.listen(&model.listen)?,
+            upstream: self.upstream(&model.upstream)?,
+            jwt,
+            users,
+            metrics: model
+                .metrics
+                .map(|metrics| {
+                    check_host_port(&metrics.addr, true)
+                        .map_err(|problem| self.invalid("metrics.addr", problem))?;
+                    Ok(MetricsSettings { addr: metrics.addr })
+                })
+                .transpose()?,
+            log: self.log(&model.log)?,
+            base_dir: self.base_dir.to_path_buf(),
+        })
+    }
+
+    // === [listen] ===
+
+    fn listen(&self, listen: &ListenFile) -> Result<ListenSettings, ConfigError> {
+        check_host_port(&listen.addr, true).map_err(|p| self.invalid("listen.addr", p))?;
+        let auth_timeout = self.duration(
+            "listen.auth_timeout",
+            listen.auth_timeout.as_deref(),
+            DEFAULT_AUTH_TIMEOUT,
+        )?;
+        if auth_timeout.is_zero() {
+            return Err(self.invalid("listen.auth_timeout", "must be more than 0s"));
+        }
+        let max_connections = listen.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(self.invalid("listen.max_connections", "must be at least 1"));
+        }
+        let max_control_line = listen.max_control_line.unwrap_or(DEFAULT_MAX_CONTROL_LINE);
+        if !(MIN_MAX_CONTROL_LINE..=MAX_MAX_CONTROL_LINE).contains(&max_control_line) {
+            return Err(self.invalid(
+                "listen.max_control_line",
+                format!(
+                    "{max_control_line} is out of range: must be between {MIN_MAX_CONTROL_LINE} and {MAX_MAX_CONTROL_LINE} bytes"
+                ),
+            ));
+        }
+        let max_payload = listen.max_payload.unwrap_or(DEFAULT_MAX_PAYLOAD);
+        if !(1..=MAX_PAYLOAD_LIMIT).contains(&max_payload) {
+            return Err(self.invalid(
+                "listen.max_payload",
+                format!(
+                    "{max_payload} is out of range: must be between 1 and {MAX_PAYLOAD_LIMIT} bytes"
+                ),
+            ));
+        }
+        let shutdown_grace = self.duration(
+            "listen.shutdown_grace",
+            listen.shutdown_grace.as_deref(),
+            DEFAULT_SHUTDOWN_GRACE,
+        )?;
+        let server_name = match &listen.server_name {
+            Some(name) => name.clone(),
+            None => default_server_name(),
+        };
+        if server_name.is_empty() || server_name.chars().any(char::is_whitespace) {
+            return Err(self.invalid(
+                "listen.server_name",
+                format!("{server_name:?} must be non-empty and without spaces"),
+            ));
+        }
+        for (i, url) in listen.advertise.iter().enumerate() {
+            check_host_port(url, false)
+                .map_err(|p| self.invalid(format!("listen.advertise[{i}]"), p))?;
+        }
+        let tls = match &listen.tls {
+            None => None,
+            Some(tls) => Some(ListenTls {
+                cert_file: self.existing_file("listen.tls.cert_file", &tls.cert_file)?,
+                key_file: self.existing_file("listen.tls.key_file", &tls.key_file)?,
+                ca_file: tls
+                    .ca_file
+                    .as_deref()
+                    .map(|f| self.existing_file("listen.tls.ca_file", f))
+                    .transpose()?,
+                handshake_first: tls.handshake_first,
+            }),
+        };
+        Ok(ListenSettings {
+            addr: listen.addr.clone(),
+            auth_timeout,
+            max_connections,
+            max_control_line,
+            max_payload,
+            shutdown_grace,
+            server_name,
+            advertise: listen.advertise.clone(),
+            tls,
+        })
+    }
+
+    // === [upstream] ===
+
+    fn upstream(&self, upstream: &UpstreamFile) -> Result<UpstreamSettings, ConfigError> {
+        if upstream.servers.is_empty() {
+            return Err(self.invalid("upstream.servers", "at least one server is needed"));
+        }
+        let servers = upstream
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, server)| {
+                parse_server(server).map_err(|p| self.invalid(format!("upstream.servers[{i}]"), p))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let connect_timeout = self.duration(
+            "upstream.connect_timeout",
+            upstream.connect_timeout.as_deref(),
+            DEFAULT_CONNECT_TIMEOUT,
+        )?;
+        if connect_timeout.is_zero() {
+            return Err(self.invalid("upstream.connect_timeout", "must be more than 0s"));
+        }
+        let credential = self.credential("upstream", &upstream.credential())?;
+
+        let mut accounts = Vec::with_capacity(upstream.accounts.len());
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, entry) in upstream.accounts.iter().enumerate() {
+            let key = format!("upstream.accounts[{i}]");
+            if entry.account.trim().is_empty() {
+                return Err(self.invalid(format!("{key}.account"), "must not be empty"));
+            }
+            if let Some(first) = seen.insert(&entry.account, i) {
+                return Err(self.invalid(
+                    format!("{key}.account"),
+                    format!(
+                        "duplicate account {:?} (already in upstream.accounts[{first}])",
+                        entry.account
+                    ),
+                ));
+            }
+            accounts.push(AccountCredential {
+                account: entry.account.clone(),
+                credential: self.credential(&key, &entry.credential())?,
+            });
+        }
+
+        let tls = match &upstream.tls {
+            None => None,
+            Some(tls) => {
+                if tls.cert_file.is_some() != tls.key_file.is_some() {
+                    return Err(self.invalid(
+                        "upstream.tls",
+                        "cert_file and key_file go together: set both or neither",
+                    ));
+                }
+                if tls.server_name.as_deref().is_some_and(str::is_empty) {
+                    return Err(self.invalid("upstream.tls.server_name", "must not be empty"));
+                }
+                let file = |key: &str, value: &Option<String>| {
+                    value
+                        .as_deref()
+                        .map(|f| self.existing_file(key, f))
+                        .transpose()
+                };
+                Some(UpstreamTls {
+                    ca_file: file("upstream.tls.ca_file", &tls.ca_file)?,
+                    cert_file: file("upstream.tls.cert_file", &tls.cert_file)?,
+                    key_file: file("upstream.tls.key_file", &tls.key_file)?,
+                    server_name: tls.server_name.clone(),
+                })
+            }
+        };
+
+        Ok(UpstreamSettings {
+            servers,
+            connect_timeout,
+            credential,
+            accounts,
+            tls,
+        })
+    }
+
+    /// Exactly one of user + password / token / nkey_seed_file / creds_file,
+    /// with its files read and checked. `table` is `upstream` or
+    /// `upstream.accounts[i]`.
+    fn credential(&self, table: &str, c: &CredentialFile<'_>) -> Result<Credential, ConfigError> {
+        let given: Vec<&str> = [
+            ("user/password", c.user.is_some() || c.password.is_some()),
+            ("token", c.token.is_some()),
+            ("nkey_seed_file", c.nkey_seed_file.is_some()),
+            ("creds_file", c.creds_file.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        const ONE_OF: &str =
+            "set exactly one of user + password, token, nkey_seed_file, creds_file";
+        match given.len() {
+            0 => return Err(self.invalid(table, format!("no upstream credential: {ONE_OF}"))),
+            1 => {}
+            _ => {
+                return Err(self.invalid(
+                    table,
+                    format!("more than one credential ({}): {ONE_OF}", given.join(", ")),
+                ));
+            }
+        }
+
+        if let Some(path) = c.nkey_seed_file {
+            let key = format!("{table}.nkey_seed_file");
+            let (path, text) = self.read_file(&key, path)?;
+            let seed = parse_seed_file(&text).map_err(|e| self.referenced(&key, &path, e))?;
+            return Ok(Credential::Nkey {
+                seed: Secret::new(seed),
+            });
+        }
+        if let Some(path) = c.creds_file {
+            let key = format!("{table}.creds_file");
+            let (path, text) = self.read_file(&key, path)?;
+            let (jwt, seed) = parse_creds(&text).map_err(|e| self.referenced(&key, &path, e))?;
+            return Ok(Credential::Creds {
+                jwt,
+                seed: Secret::new(seed),
+            });
+        }
+        if let Some(token) = c.token {
+            if token.is_empty() {
+                return Err(self.invalid(format!("{table}.token"), "must not be empty"));
+            }
+            return Ok(Credential::Token(Secret::new(token)));
+        }
+        match (c.user, c.password) {
+            (Some(""), _) => Err(self.invalid(format!("{table}.user"), "must not be empty")),
+            (Some(_), Some("")) => {
+                Err(self.invalid(format!("{table}.password"), "must not be empty"))
+            }
+            (Some(user), Some(password)) => Ok(Credential::UserPassword {
+                user: user.to_owned(),
+                password: Secret::new(password),
+            }),
+            (Some(_), None) => Err(self.invalid(
+                format!("{table}.password"),
+                "missing: user needs a password",
+            )),
+            (None, _) => {
+                Err(self.invalid(format!("{table}.user"), "missing: password needs a user"))
+            }
+        }
+    }
+
+    // === [jwt] ===
+
+    fn jwt(&self, jwt: &JwtFile) -> Result<JwtSettings, ConfigError> {
+        if jwt.operators.is_empty() {
+            return Err(self.invalid(
+                "jwt.operators",
+                "at least one trusted operator JWT file is needed when [jwt] is present",
+            ));
+        }
+        Ok(JwtSettings {
+            operators: jwt.operators.iter().map(|p| self.resolve(p)).collect(),
+            accounts_dir: jwt.accounts_dir.as_deref().map(|p| self.resolve(p)),
+            accounts: jwt.accounts.iter().map(|p| self.resolve(p)).collect(),
+        })
+    }
+
+    // === [[users]] ===
+
+    fn user(&self, i: usize, user: &UserFile) -> Result<StaticUser, ConfigError> {
+        let key = format!("users[{i}]");
+        check_user_public_key(&user.nkey).map_err(|p| self.invalid(format!("{key}.nkey"), p))?;
+        if user.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(self.invalid(format!("{key}.name"), "must not be empty"));
+        }
+        if user.account.as_deref().is_some_and(|a| a.trim().is_empty()) {
+            return Err(self.invalid(format!("{key}.account"), "must not be empty"));
+        }
+        Ok(StaticUser {
+            nkey: user.nkey.clone(),
+            name: user.name.clone(),
+            account: user.account.clone(),
+            permissions: self.permissions(&format!("{key}.permissions"), &user.permissions)?,
+        })
+    }
+
+    fn check_unique_users(&self, users: &[StaticUser]) -> Result<(), ConfigError> {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, user) in users.iter().enumerate() {
+            if let Some(first) = seen.insert(&user.nkey, i) {
+                return Err(self.invalid(
+                    format!("users[{i}].nkey"),
+                    format!("duplicate user: the same public key as users[{first}]"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn permissions(
+        &self,
+        key: &str,
+        permissions: &PermissionsFile,
+    ) -> Result<PermissionSpec, ConfigError> {
+        let responses = match &permissions.allow_responses {
+            None | Some(AllowResponsesFile::Enabled(false)) => None,
+            Some(AllowResponsesFile::Enabled(true)) => Some(ResponseSpec::DEFAULT),
+            Some(AllowResponsesFile::Limits { max, expires }) => {
+                let ttl_nanos = match expires {
+                    None => 0,
+                    Some(text) => {
+                        let expires_key = format!("{key}.allow_responses.expires");
+                        let ttl = self.duration(&expires_key, Some(text), Duration::ZERO)?;
+                        i64::try_from(ttl.as_nanos())
+                            .map_err(|_| self.invalid(expires_key, "too long"))?
+                    }
+                };
+                Some(ResponseSpec {
+                    max: max.unwrap_or(0),
+                    ttl_nanos,
+                })
+            }
+        };
+        Ok(PermissionSpec {
+            publish: self.subject_rules(&format!("{key}.publish"), &permissions.publish, false)?,
+            subscribe: self.subject_rules(
+                &format!("{key}.subscribe"),
+                &permissions.subscribe,
+                true,
+            )?,
+            responses,
+        })
+    }
+
+    fn subject_rules(
+        &self,
+        key: &str,
+        rules: &Option<SubjectRulesFile>,
+        with_queue: bool,
+    ) -> Result<Option<SubjectRules>, ConfigError> {
+        let Some(rules) = rules else {
+            return Ok(None);
+        };
+        let check = |list: &str, entries: &[String]| {
+            for (i, entry) in entries.iter().enumerate() {
+                check_permission_subject(entry, with_queue)
+                    .map_err(|p| self.invalid(format!("{key}.{list}[{i}]"), p))?;
+            }
+            Ok::<(), ConfigError>(())
+        };
+        if let Some(allow) = &rules.allow {
+            check("allow", allow)?;
+        }
+        check("deny", &rules.deny)?;
+        // nats-server treats an empty allow list in its config as no allow
+        // list at all (checked against 2.15.1: `publish: {allow: []}` may
+        // publish anything), unlike a JWT's. `allow_responses` still forces
+        // an empty one when the permissions are compiled.
+        Ok(Some(SubjectRules {
+            allow: rules.allow.clone().filter(|a| !a.is_empty()),
+            deny: rules.deny.clone(),
+        }))
+    }
+
+    // === [log] ===
+
+    fn log(&self, log: &LogFile) -> Result<LogSettings, ConfigError> {
+        let level = log.level.to_ascii_lowercase();
+        if !LOG_LEVELS.contains(&level.as_str()) {
+            return Err(self.invalid(
+                "log.level",
+                format!("{:?} is not one of {}", log.level, LOG_LEVELS.join(", ")),
+            ));
+        }
+        let format = match log.format {
+            LogFormatFile::Text => LogFormat::Text,
+            LogFormatFile::Json => LogFormat::Json,
+        };
+        Ok(LogSettings { level, format })
+    }
+
+    // === helpers ===
+
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(text) = value else {
+            return Ok(default);
+        };
+        humantime::parse_duration(text).map_err(|e| {
+            self.invalid(
+                key,
+                format!("{text:?} is not a duration like \"2s\", \"500ms\" or \"1m\" ({e})"),
+            )
+        })
+    }
+
+    /// `path` against the config file's directory, with `.` and `..`
+    /// removed lexically (so errors show `config/keys/x.nk`, not
+    /// `config/valid/../keys/x.nk`).
+    fn resolve(&self, path: &str) -> PathBuf {
+        let mut resolved = PathBuf::new();
+        for part in self.base_dir.join(path).components() {
+            match part {
+                Component::CurDir => {}
+                Component::ParentDir
+                    if matches!(
+                        resolved.components().next_back(),
+                        Some(Component::Normal(_))
+                    ) =>
+                {
+                    resolved.pop();
+                }
+                other => resolved.push(other),
+            }
+        }
+        resolved
+    }
+
+    /// Resolves `path` and checks that it is a readable file.
+    fn existing_file(&self, key: &str, path: &str) -> Result<PathBuf, ConfigError> {
+        let resolved = self.resolve(path);
+        match std::fs::File::open(&resolved).and_then(|f| f.metadata()) {
+            Ok(meta) if meta.is_file() => Ok(resolved),
+            Ok(_) => Err(self.referenced(key, &resolved, "not a file")),
+            Err(e) => Err(self.referenced(key, &resolved, format!("cannot read: {e}"))),
+        }
+    }
+
+    fn read_file(&self, key: &str, path: &str) -> Result<(PathBuf, String), ConfigError> {
+        let resolved = self.resolve(path);
+        match std::fs::read_to_string(&resolved) {
+            Ok(text) => Ok((resolved, text)),
+            Err(e) => Err(self.referenced(key, &resolved, format!("cannot read: {e}"))),
+        }
+    }
+
+    fn invalid(&self, key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn referenced(&self, key: &str, path: &Path, problem: impl ToString) -> ConfigError {
+        ConfigError::Referenced {
+            file: self.file.to_path_buf(),
+            key: key.to_owned(),
+            path: path.to_path_buf(),
+            problem: problem.to_string(),
+        }
+    }
+}
+
+/// A toml error as one line: `file:line:column: key: message`.
+fn syntax_error(text: &str, file: &Path, error: &toml::de::Error) -> ConfigError {
+    let start = error.span().map_or(0, |span| span.start).min(text.len());
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let message = hide_value(&error.message().trim().replace('\n', "; "));
+    // Name the key when the line is `key = value` (the value is not shown:
+    // it may be a secret).
+    let line_text = text[line_start..].lines().next().unwrap_or("");
+    let message = match line_text.split_once('=') {
+        Some((key, _)) if is_toml_key(key.trim()) && !message.contains(key.trim()) => {
+            format!("{}: {message}", key.trim())
+        }
+        _ => message,
+    };
+    ConfigError::Syntax {
+        file: file.to_path_buf(),
+        line,
+        column,
+        message,
+    }
+}
+
+/// serde's "invalid type: integer `123`, expected a string" shows the value,
+/// which may be a secret (a numeric password); keep only its kind.
+fn hide_value(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        let Some(rest) = message.strip_prefix(prefix) else {
+            continue;
+        };
+        let Some((unexpected, expected)) = rest.split_once(", expected") else {
+            continue;
+        };
+        let kind = unexpected.split(['`', '"']).next().unwrap_or("").trim();
+        return format!("{prefix}{kind}, expected{expected}");
+    }
+    message.to_owned()
+}
+
+fn is_toml_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"'))
+}
+
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// A socket address, or `host:port` with a non-empty host (`[::1]:4222`
+/// for IPv6). Port 0 ("any free port") is accepted only where `any_port`.
+fn check_host_port(value: &str, any_port: bool) -> Result<(), String> {
+    let port = if let Ok(addr) = value.parse::<SocketAddr>() {
+        addr.port()
+    } else {
+        let Some((host, port)) = value.rsplit_once(':') else {
+            return Err(format!("{value:?} is not host:port"));
+        };
+        if host.is_empty()
+            || host.contains(':')
+            || host.contains('/')
+            || host.chars().any(char::is_whitespace)
+        {
+            return Err(format!("{value:?} is not host:port"));
+        }
+        port.parse::<u16>()
+            .map_err(|_| format!("{value:?}: the port is not a number from 0 to 65535"))?
+    };
+    if port == 0 && !any_port {
+        return Err(format!("{value:?}: port 0 is not a real port"));
+    }
+    Ok(())
+}
+
+/// `nats://h:p`, `tls://h:p`, `h:p` or `h` (port 4222); IPv6 in brackets.
+fn parse_server(value: &str) -> Result<ServerAddr, String> {
+    let (tls, rest) = match value.split_once("://") {
+        None => (false, value),
+        Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
+            "nats" => (false, rest),
+            "tls" => (true, rest),
+            other => {
+                return Err(format!(
+                    "{value:?}: unsupported scheme {other}://, use nats:// or tls://"
+                ));
+            }
+        },
+    };
+    if let Some((_, after)) = rest.split_once('@') {
+        // Do not echo the value: the part before '@' is a secret.
+        return Err(format!(
+            "\"{}://...@{after}\": credentials in the URL are not accepted; use the user/password, token, nkey_seed_file or creds_file keys",
+            if tls { "tls" } else { "nats" }
+        ));
+    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '?', '#']) || rest.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "{value:?} is not a server address like nats://host:4222"
+        ));
+    }
+    let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
+        let Some((host, after)) = bracketed.split_once(']') else {
+            return Err(format!("{value:?}: missing ] after an IPv6 address"));
+        };
+        match after {
+            "" => (host, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (host, Some(port)),
+                None => return Err(format!("{value:?} is not host:port")),
+            },
+        }
+    } else if rest.parse::<Ipv6Addr>().is_ok() {
+        (rest, None)
+    } else {
+        match rest.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        }
+    };
+    if host.is_empty() || host.contains(':') && host.parse::<Ipv6Addr>().is_err() {
+        return Err(format!("{value:?}: missing or bad host"));
+    }
+    let port = match port {
+        None => DEFAULT_NATS_PORT,
+        Some(port) => match port.parse::<u16>() {
+            Ok(0) | Err(_) => {
+                return Err(format!(
+                    "{value:?}: the port is not a number from 1 to 65535"
+                ));
+            }
+            Ok(port) => port,
+        },
+    };
+    let scheme = if tls { "tls" } else { "nats" };
+    let url = if host.contains(':') {
+        format!("{scheme}://[{host}]:{port}")
+    } else {
+        format!("{scheme}://{host}:{port}")
+    };
+    Ok(ServerAddr {
+        host: host.to_owned(),
+        port,
+        tls,
+        url,
+    })
+}
+
+/// A user public key: 56 characters, `U...`, valid checksum.
+fn check_user_public_key(nkey: &str) -> Result<(), String> {
+    if nkey.starts_with('S') {
+        return Err(
+            "this is a seed (a secret), not a public key: use the public key (U...) here".into(),
+        );
+    }
+    if !nkey.starts_with('U') {
+        return Err(format!(
+            "{nkey:?} is not a user public key (56 characters starting with U)"
+        ));
+    }
+    KeyPair::from_public_key(nkey)
+        .map(|_| ())
+        .map_err(|e| format!("{nkey:?} is not a valid user public key: {e}"))?;
+    if nkey.len() != 56 {
+        return Err(format!(
+            "{nkey:?} is not a valid user public key: it has {} characters, not 56",
+            nkey.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A permission entry: a subject pattern (`*` and `>` wildcards, `>` last),
+/// and for subscribe entries an optional queue group after a space.
+///
+/// nats-server logs and skips invalid entries; natsgate refuses the config
+/// instead, so a typo never changes what a user may do unnoticed.
+fn check_permission_subject(entry: &str, with_queue: bool) -> Result<(), String> {
+    let mut parts = entry.split_whitespace();
+    let subject = parts.next().unwrap_or("");
+    let queue = parts.next();
+    if parts.next().is_some() || (queue.is_some() && !with_queue) {
+        let what = if with_queue {
+            "a subject and at most one queue group"
+        } else {
+            "a subject without spaces"
+        };
+        return Err(format!("{entry:?}: expected {what}"));
+    }
+    if subject.is_empty() {
+        return Err("empty subject".into());
+    }
+    let tokens: Vec<&str> = subject.split('.').collect();
+    if tokens.iter().any(|t| t.is_empty()) {
+        return Err(format!(
+            "{entry:?}: a subject has no empty tokens (check the dots)"
+        ));
+    }
+    if tokens[..tokens.len() - 1].contains(&">") {
+        return Err(format!("{entry:?}: '>' may only be the last token"));
+    }
+    Ok(())
+}
+
+/// The host name, from the kernel or `HOSTNAME`, else [`FALLBACK_SERVER_NAME`].
+fn default_server_name() -> String {
+    let from_kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+    let from_env = std::env::var("HOSTNAME").ok();
+    [from_kernel, from_env]
+        .into_iter()
+        .flatten()
+        .map(|name| name.trim().to_owned())
+        .find(|name| !name.is_empty() && !name.chars().any(char::is_whitespace))
+        .unwrap_or_else(|| FALLBACK_SERVER_NAME.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses() {
+        let cases = [
+            (
+                "nats://127.0.0.1:4223",
+                "127.0.0.1",
+                4223,
+                false,
+                "nats://127.0.0.1:4223",
+            ),
+            (
+                "tls://nats.internal:4443",
+                "nats.internal",
+                4443,
+                true,
+                "tls://nats.internal:4443",
+            ),
+            ("NATS://h:1", "h", 1, false, "nats://h:1"),
+            ("h:5000", "h", 5000, false, "nats://h:5000"),
+            (
+                "nats.internal",
+                "nats.internal",
+                4222,
+                false,
+                "nats://nats.internal:4222",
+            ),
+            ("nats://h:4222/", "h", 4222, false, "nats://h:4222"),
+            ("[::1]:4223", "::1", 4223, false, "nats://[::1]:4223"),
+            ("tls://[::1]", "::1", 4222, true, "tls://[::1]:4222"),
+            ("::1", "::1", 4222, false, "nats://[::1]:4222"),
+        ];
+        for (input, host, port, tls, url) in cases {
+            let server = parse_server(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(
+                server,
+                ServerAddr {
+                    host: host.into(),
+                    port,
+                    tls,
+                    url: url.into()
+                },
+                "{input}"
+            );
+        }
+        for bad in [
+            "ws://h:1",
+            "nats://u:p@h:1",
+            "h:0",
+            "h:70000",
+            "h:x",
+            "nats://:4222",
+            "nats://h:1/path",
+            "[::1",
+            "",
+        ] {
+            assert!(parse_server(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn host_ports() {
+        for good in ["0.0.0.0:4222", "127.0.0.1:0", "[::]:4222", "localhost:4222"] {
+            check_host_port(good, true).unwrap();
+        }
+        for bad in ["4222", "localhost", ":4222", "a b:1", "h:99999", "::1"] {
+            assert!(check_host_port(bad, true).is_err(), "{bad:?}");
+        }
+        assert!(check_host_port("gate:0", false).is_err());
+    }
+
+    #[test]
+    fn permission_subjects() {
+        for good in ["a", "a.*.c", "a.>", ">", "*", "foo*.bar"] {
+            check_permission_subject(good, false).unwrap();
+        }
+        check_permission_subject("a.> workers", true).unwrap();
+        for bad in ["", "a..b", ".a", "a.", "a.>.b", "a b"] {
+            assert!(check_permission_subject(bad, false).is_err(), "{bad:?}");
+        }
+        assert!(check_permission_subject("a q extra", true).is_err());
+    }
+
+    #[test]
+    fn user_public_keys() {
+        let user = KeyPair::new_user();
+        check_user_public_key(&user.public_key()).unwrap();
+        let seed = user.seed().unwrap();
+        assert!(check_user_public_key(&seed).unwrap_err().contains("seed"));
+        let account = KeyPair::new_account().public_key();
+        assert!(check_user_public_key(&account).is_err());
+        let mut broken = user.public_key();
+        broken.replace_range(10..11, if &broken[10..11] == "A" { "B" } else { "A" });
+        assert!(check_user_public_key(&broken).is_err());
+    }
+
+    #[test]
+    fn default_server_name_is_never_empty() {
+        let name = default_server_name();
+        assert!(!name.is_empty() && !name.contains(char::is_whitespace));
+    }
+}

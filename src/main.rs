@@ -1,0 +1,283 @@
+//! The `natsgate` binary: command line, logging, runtime, signals and exit
+//! status. Everything else lives in the library.
+//!
+//! Exit status: 0 after a clean shutdown (or a successful `check`), 1 with a
+//! one-line reason on stderr when the config is unusable, the listen address
+//! cannot be bound, or the proxy fails. Usage errors exit 2 (clap's
+//! convention).
+//!
+//! Signals (handled once the proxy runs):
+//! - SIGTERM, SIGINT: graceful shutdown (cancel the token the proxy watches).
+//!   A second SIGTERM/SIGINT during the shutdown exits at once, with status 1.
+//! - SIGHUP: reload (for now only logged; the reload comes in a later change).
+
+use std::io::{IsTerminal, Write};
+use std::net::TcpListener as StdTcpListener;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use natsgate::config::{LogFormat, Settings};
+
+/// An authenticating proxy for NATS: NKey and JWT auth with per-user
+/// permissions, in front of a stock nats-server.
+#[derive(Debug, Parser)]
+#[command(name = "natsgate", version, about)]
+struct Cli {
+    /// The config file.
+    #[arg(short, long, global = true, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load and validate the config and everything it names, print a summary,
+    /// and exit without listening.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(&cli.config) {
+        Ok(settings) => settings,
+        Err(e) => return fail(e),
+    };
+    match cli.command {
+        Some(Command::Check) => check(&cli.config, &settings),
+        None => run(settings),
+    }
+}
+
+/// `natsgate check`: the config loaded, so print what it holds (never a
+/// secret).
+fn check(path: &Path, settings: &Settings) -> ExitCode {
+    let mut out = String::new();
+    let line = |out: &mut String, text: String| {
+        out.push_str(&text);
+        out.push('\n');
+    };
+    line(&mut out, format!("config: {} (ok)", path.display()));
+    line(&mut out, format!("listen: {}", settings.listen.addr));
+
+    line(&mut out, String::new());
+    line(&mut out, "upstream servers:".into());
+    for server in &settings.upstream.servers {
+        line(&mut out, format!("  {}", server.url));
+    }
+    line(
+        &mut out,
+        format!(
+            "upstream credential: {}",
+            settings.upstream.credential.describe()
+        ),
+    );
+    for account in &settings.upstream.accounts {
+        line(
+            &mut out,
+            format!(
+                "  account {}: {}",
+                account.account,
+                account.credential.describe()
+            ),
+        );
+    }
+
+    line(&mut out, String::new());
+    line(&mut out, format!("static users: {}", settings.users.len()));
+    if !settings.users.is_empty() {
+        let rows: Vec<[&str; 3]> = settings
+            .users
+            .iter()
+            .map(|user| {
+                [
+                    user.name.as_deref().unwrap_or("-"),
+                    user.nkey.as_str(),
+                    user.account.as_deref().unwrap_or("-"),
+                ]
+            })
+            .collect();
+        table(&mut out, ["NAME", "PUBLIC KEY", "ACCOUNT"], &rows);
+    }
+    print!("{out}");
+    print_jwt_summary(settings);
+    // A closed stdout (`natsgate check | head -1`) is not a config problem.
+    let _ = std::io::stdout().flush();
+    ExitCode::SUCCESS
+}
+
+/// The operators and accounts table of `natsgate check`.
+///
+/// TODO(jwt): when `auth::jwt` loads the operator and account JWTs, load them
+/// here too (a JWT that does not load must make `check` exit 1, naming the
+/// file), and print one row per operator and account: name and public key.
+/// Until then this lists the configured files.
+fn print_jwt_summary(settings: &Settings) {
+    let Some(jwt) = &settings.jwt else {
+        println!("\njwt: not configured (static NKey users only)");
+        return;
+    };
+    println!("\njwt:");
+    for operator in &jwt.operators {
+        println!("  operator file: {}", operator.display());
+    }
+    if let Some(dir) = &jwt.accounts_dir {
+        println!("  accounts_dir:  {}", dir.display());
+    }
+    for account in &jwt.accounts {
+        println!("  account file:  {}", account.display());
+    }
+}
+
+/// Runs the proxy until SIGTERM/SIGINT.
+fn run(settings: Settings) -> ExitCode {
+    init_tracing(&settings);
+
+    // Bind before anything starts, so a taken address is a one-line error.
+    let std_listener = match bind(&settings.listen.addr) {
+        Ok(listener) => listener,
+        Err(reason) => return fail(reason),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("natsgate")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(std_listener)
+            .map_err(|e| format!("cannot use the listen socket: {e}"))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| format!("cannot use the listen socket: {e}"))?;
+        tracing::info!(addr = %local, "listening");
+
+        let shutdown = CancellationToken::new();
+        tokio::spawn(handle_signals(shutdown.clone()));
+        natsgate::run(settings, listener, shutdown)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    // Tasks still running (the signal handler, stragglers) are not waited
+    // for long: the proxy has already drained what it wanted to.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            tracing::error!(error = %reason, "stopped with an error");
+            fail(reason)
+        }
+    }
+}
+
+/// SIGTERM/SIGINT cancel `shutdown` (a second one exits at once); SIGHUP
+/// asks for a reload.
+async fn handle_signals(shutdown: CancellationToken) {
+    let (mut terminate, mut interrupt, mut hangup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(terminate), Ok(interrupt), Ok(hangup)) => (terminate, interrupt, hangup),
+        _ => {
+            tracing::error!("cannot install signal handlers; stop natsgate with SIGKILL");
+            return;
+        }
+    };
+    loop {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+            _ = hangup.recv() => {
+                // TODO(reload): reload the config and the account JWTs.
+                tracing::info!(signal = "SIGHUP", "reload requested");
+                continue;
+            }
+        };
+        if shutdown.is_cancelled() {
+            tracing::warn!(signal = name, "second stop signal, exiting now");
+            std::process::exit(1);
+        }
+        tracing::info!(signal = name, "shutdown requested");
+        shutdown.cancel();
+    }
+}
+
+/// Binds the listen address (`host:port` or a socket address) as a
+/// non-blocking std listener for tokio.
+fn bind(addr: &str) -> Result<StdTcpListener, String> {
+    let listener =
+        StdTcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    Ok(listener)
+}
+
+/// Logs to stderr as text or JSON per `[log]`; `RUST_LOG`, when set,
+/// replaces the configured level.
+fn init_tracing(settings: &Settings) {
+    let (filter, bad_rust_log) = match std::env::var("RUST_LOG") {
+        Ok(value) if !value.trim().is_empty() => match EnvFilter::try_new(&value) {
+            Ok(filter) => (filter, None),
+            Err(e) => (EnvFilter::new(&settings.log.level), Some(e)),
+        },
+        _ => (EnvFilter::new(&settings.log.level), None),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match settings.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    if let Some(e) = bad_rust_log {
+        tracing::warn!(error = %e, level = %settings.log.level, "RUST_LOG is not a valid filter; using the configured level");
+    }
+}
+
+/// Prints `natsgate: <reason>` to stderr and returns exit status 1.
+fn fail(reason: impl std::fmt::Display) -> ExitCode {
+    eprintln!("natsgate: {reason}");
+    ExitCode::FAILURE
+}
+
+/// Left-aligned columns, two spaces apart, indented by two.
+fn table<const N: usize>(out: &mut String, header: [&str; N], rows: &[[&str; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str("  ");
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+}
+
+/// Without `--config`.
+const DEFAULT_CONFIG: &str = "natsgate.toml";
+/// How long the runtime waits for leftover tasks after `run` returned.
+const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);

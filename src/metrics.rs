@@ -1,0 +1,776 @@
+//! Prometheus metrics and the HTTP endpoints (`GET /metrics`, `GET /healthz`).
+//!
+//! Owns: every natsgate series, declared once here with its help text, in a
+//! [`prometheus::Registry`] owned by [`Metrics`] (no globals, so each test
+//! builds its own), and the small HTTP server that exposes them.
+//! Does not own: deciding *when* something happened. Sessions, the listener
+//! and the upstream dialer call the intention-revealing methods
+//! ([`Metrics::publish_denied`], [`Metrics::relayed`], ...) and never touch a
+//! label vector.
+//!
+//! # Series
+//!
+//! | series | type | labels |
+//! |---|---|---|
+//! | `natsgate_connections` | gauge | |
+//! | `natsgate_connections_total` | counter | |
+//! | `natsgate_auth_failures_total` | counter | `reason` |
+//! | `natsgate_permission_violations_total` | counter | `kind`, `account` |
+//! | `natsgate_messages_total` | counter | `direction` |
+//! | `natsgate_bytes_total` | counter | `direction` |
+//! | `natsgate_upstream_connect_failures_total` | counter | |
+//! | `natsgate_upstream_up` | gauge | |
+//! | `natsgate_slow_consumers_total` | counter | |
+//!
+//! Every label takes values from a bounded set: `reason` is a `&'static str`
+//! from the auth code, `kind` and `direction` are fixed, and `account` is
+//! capped at [`MAX_ACCOUNT_LABELS`] distinct values (see
+//! [`Metrics::publish_denied`]). Subjects and user names are never labels.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::{Encoder as _, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+/// The typed handle to natsgate's metrics. Cheap to clone: every clone
+/// records into the same [`Registry`].
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+/// Which way relayed traffic went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// PUB/HPUB (and other client ops) sent on to the upstream server.
+    ClientToUpstream,
+    /// MSG/HMSG (and other server ops) delivered to the client.
+    UpstreamToClient,
+}
+
+impl Direction {
+    /// The `direction` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::ClientToUpstream => "client_to_upstream",
+            Direction::UpstreamToClient => "upstream_to_client",
+        }
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every natsgate series registered.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+
+        let connections = IntGauge::new("natsgate_connections", "Client connections now open.")
+            .expect("static metric name and help are valid");
+        let connections_total = IntCounter::new(
+            "natsgate_connections_total",
+            "Client connections accepted since start.",
+        )
+        .expect("static metric name and help are valid");
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "natsgate_auth_failures_total",
+                "Client connections refused with 'Authorization Violation', by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("static metric name, help and labels are valid");
+        let permission_violations = IntCounterVec::new(
+            Opts::new(
+                "natsgate_permission_violations_total",
+                "PUB/HPUB and SUB frames denied by the user's permissions, by kind \
+                 (publish|subscribe) and account name (at most 1000 distinct accounts, \
+                 the rest as \"other\").",
+            ),
+            &["kind", "account"],
+        )
+        .expect("static metric name, help and labels are valid");
+        let messages = IntCounterVec::new(
+            Opts::new(
+                "natsgate_messages_total",
+                "Messages relayed, by direction (client_to_upstream|upstream_to_client).",
+            ),
+            &["direction"],
+        )
+        .expect("static metric name, help and labels are valid");
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "natsgate_bytes_total",
+                "Bytes relayed (whole frames), by direction \
+                 (client_to_upstream|upstream_to_client).",
+            ),
+            &["direction"],
+        )
+        .expect("static metric name, help and labels are valid");
+        let upstream_connect_failures = IntCounter::new(
+            "natsgate_upstream_connect_failures_total",
+            "Failed attempts to connect and log in to an upstream nats-server.",
+        )
+        .expect("static metric name and help are valid");
+        let upstream_up = IntGauge::new(
+            "natsgate_upstream_up",
+            "1 when the last upstream connection attempt succeeded, 0 when it failed.",
+        )
+        .expect("static metric name and help are valid");
+        let slow_consumers = IntCounter::new(
+            "natsgate_slow_consumers_total",
+            "Clients disconnected because they did not keep up with their deliveries.",
+        )
+        .expect("static metric name and help are valid");
+
+        for collector in [
+            Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_total.clone()),
+            Box::new(auth_failures.clone()),
+            Box::new(permission_violations.clone()),
+            Box::new(messages.clone()),
+            Box::new(bytes.clone()),
+            Box::new(upstream_connect_failures.clone()),
+            Box::new(upstream_up.clone()),
+            Box::new(slow_consumers.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("each series is registered once, in a fresh registry");
+        }
+
+        // Resolve the fixed label values once, so the hot path adds to a
+        // plain atomic counter, and so every series shows up (at 0) from the
+        // first scrape.
+        let relay = |direction: Direction| RelayCounters {
+            messages: messages.with_label_values(&[direction.as_str()]),
+            bytes: bytes.with_label_values(&[direction.as_str()]),
+        };
+        let client_to_upstream = relay(Direction::ClientToUpstream);
+        let upstream_to_client = relay(Direction::UpstreamToClient);
+
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                connections,
+                connections_total,
+                auth_failures,
+                permission_violations,
+                account_labels: Mutex::new(HashSet::new()),
+                client_to_upstream,
+                upstream_to_client,
+                upstream_connect_failures,
+                upstream_up,
+                slow_consumers,
+            }),
+        }
+    }
+
+    /// A client connection was accepted.
+    pub fn connection_opened(&self) {
+        self.inner.connections_total.inc();
+        self.inner.connections.inc();
+    }
+
+    /// A client connection that was counted by [`Metrics::connection_opened`]
+    /// has closed.
+    pub fn connection_closed(&self) {
+        self.inner.connections.dec();
+    }
+
+    /// A client failed to authenticate. `reason` is one of the auth code's
+    /// bounded labels (`"signature_not_verified"`, `"timeout"`, ...).
+    pub fn auth_failed(&self, reason: &'static str) {
+        self.inner.auth_failures.with_label_values(&[reason]).inc();
+    }
+
+    /// A PUB/HPUB was denied. `account` is the account's name.
+    ///
+    /// The `account` label is bounded: the first [`MAX_ACCOUNT_LABELS`]
+    /// distinct accounts (publish and subscribe together) get their own
+    /// value, later ones are all counted as `other`, and an empty account
+    /// (a static user with no `account`) as `none`.
+    pub fn publish_denied(&self, account: &str) {
+        self.permission_violation("publish", account);
+    }
+
+    /// A SUB was denied. `account` is handled as in
+    /// [`Metrics::publish_denied`].
+    pub fn subscribe_denied(&self, account: &str) {
+        self.permission_violation("subscribe", account);
+    }
+
+    /// Connecting or logging in to an upstream server failed.
+    pub fn upstream_connect_failed(&self) {
+        self.inner.upstream_connect_failures.inc();
+    }
+
+    /// Whether an upstream server is reachable now.
+    pub fn upstream_up(&self, up: bool) {
+        self.inner.upstream_up.set(i64::from(up));
+    }
+
+    /// A client was disconnected as a slow consumer.
+    pub fn slow_consumer(&self) {
+        self.inner.slow_consumers.inc();
+    }
+
+    /// `messages` frames of `bytes` bytes in total were relayed in
+    /// `direction`.
+    ///
+    /// Hot path: call it once per read batch, not per message. It is two
+    /// atomic adds on pre-resolved counters, with no label lookup and no lock.
+    pub fn relayed(&self, direction: Direction, messages: u64, bytes: u64) {
+        let counters = match direction {
+            Direction::ClientToUpstream => &self.inner.client_to_upstream,
+            Direction::UpstreamToClient => &self.inner.upstream_to_client,
+        };
+        counters.messages.inc_by(messages);
+        counters.bytes.inc_by(bytes);
+    }
+
+    /// Every series in the Prometheus text exposition format (0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.inner.registry.gather(), &mut out) {
+            // Only malformed families fail to encode, and every family here
+            // is declared above with valid names; log rather than panic.
+            error!(%error, "encoding metrics failed");
+        }
+        // The text encoder writes only UTF-8 (names, label values from
+        // `&str`, and numbers).
+        String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into())
+    }
+
+    fn permission_violation(&self, kind: &'static str, account: &str) {
+        let account = self.inner.account_label(account);
+        self.inner
+            .permission_violations
+            .with_label_values(&[kind, account.as_ref()])
+            .inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Serves `GET /metrics` and `GET /healthz` on `listener` until `shutdown`
+/// is cancelled. `HEAD` is answered like `GET`; any other method or path
+/// gets 404.
+///
+/// `/healthz` is 200 `ok` when `healthy()` returns true (natsgate can reach
+/// an upstream server) and 503 otherwise. `healthy` is called once per
+/// request, on the runtime: it must not block.
+///
+/// At most [`MAX_HTTP_CONNECTIONS`] connections are served at once (further
+/// ones wait in the accept backlog), and a client must send its request
+/// headers within [`HEADER_READ_TIMEOUT`]. On shutdown, idle keep-alive
+/// connections close at once and requests in flight get up to
+/// [`HTTP_SHUTDOWN_GRACE`] to finish.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Metrics,
+    healthy: impl Fn() -> bool + Send + Sync + 'static,
+    shutdown: CancellationToken,
+) {
+    let healthy: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(healthy);
+    let permits = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
+    let tracker = TaskTracker::new();
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "metrics endpoint listening");
+    }
+
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => {
+                permit.expect("the semaphore is never closed")
+            }
+        };
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Usually out of file descriptors: back off instead of
+                    // spinning, the proxy needs them more.
+                    warn!(%error, "metrics endpoint accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+
+        let metrics = metrics.clone();
+        let healthy = healthy.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |request| {
+                let response = respond(&request, &metrics, healthy.as_ref());
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    tokio::time::timeout(HTTP_SHUTDOWN_GRACE, connection.as_mut())
+                        .await
+                        .unwrap_or(Ok(()))
+                }
+            };
+            if let Err(error) = result {
+                debug!(%peer, %error, "metrics connection ended with an error");
+            }
+        });
+    }
+
+    tracker.close();
+    tracker.wait().await;
+    debug!("metrics endpoint stopped");
+}
+
+// === helpers ===
+
+/// The state behind every [`Metrics`] clone.
+struct Inner {
+    /// Owned, not the global default registry, so tests get their own.
+    registry: Registry,
+    connections: IntGauge,
+    connections_total: IntCounter,
+    auth_failures: IntCounterVec,
+    permission_violations: IntCounterVec,
+    /// The distinct `account` label values handed out so far, at most
+    /// [`MAX_ACCOUNT_LABELS`]. Only touched on a denial, never on the
+    /// relay hot path.
+    account_labels: Mutex<HashSet<Arc<str>>>,
+    client_to_upstream: RelayCounters,
+    upstream_to_client: RelayCounters,
+    upstream_connect_failures: IntCounter,
+    upstream_up: IntGauge,
+    slow_consumers: IntCounter,
+}
+
+impl Inner {
+    /// The `account` label value for `account`: itself while fewer than
+    /// [`MAX_ACCOUNT_LABELS`] distinct values exist, else `other`.
+    fn account_label(&self, account: &str) -> Arc<str> {
+        if account.is_empty() {
+            return Arc::from(NO_ACCOUNT_LABEL);
+        }
+        // A poisoned lock only means another thread panicked mid-insert into
+        // a plain set; its contents are still a valid set.
+        let mut seen = self
+            .account_labels
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(known) = seen.get(account) {
+            return known.clone();
+        }
+        if seen.len() >= MAX_ACCOUNT_LABELS {
+            return Arc::from(OTHER_ACCOUNT_LABEL);
+        }
+        let label: Arc<str> = Arc::from(account);
+        seen.insert(label.clone());
+        label
+    }
+}
+
+/// The counters of one direction, resolved once in [`Metrics::new`].
+struct RelayCounters {
+    messages: IntCounter,
+    bytes: IntCounter,
+}
+
+/// The response to one HTTP request.
+fn respond(
+    request: &Request<Incoming>,
+    metrics: &Metrics,
+    healthy: &(dyn Fn() -> bool + Send + Sync),
+) -> Response<Full<Bytes>> {
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    match request.uri().path() {
+        "/metrics" => {
+            let mut response = Response::new(Full::new(Bytes::from(metrics.render())));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(PROMETHEUS_TEXT_CONTENT_TYPE),
+            );
+            response
+        }
+        "/healthz" if healthy() => text(StatusCode::OK, "ok"),
+        "/healthz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no upstream server reachable",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Distinct `account` label values on `natsgate_permission_violations_total`
+/// before further accounts are counted as [`OTHER_ACCOUNT_LABEL`]. Keeps a
+/// deployment with many accounts (or a flood of one-off accounts) from
+/// growing the series count without bound.
+pub const MAX_ACCOUNT_LABELS: usize = 1000;
+
+/// The `account` label value for accounts past [`MAX_ACCOUNT_LABELS`].
+pub const OTHER_ACCOUNT_LABEL: &str = "other";
+
+/// The `account` label value for a user with no account (a static user
+/// configured without `account`).
+pub const NO_ACCOUNT_LABEL: &str = "none";
+
+/// HTTP connections served at once; more wait in the accept backlog.
+pub const MAX_HTTP_CONNECTIONS: usize = 64;
+
+/// How long a client may take to send its request headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request in flight may take to finish after shutdown starts.
+pub const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Pause after a failed `accept` (typically EMFILE) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// `Content-Type` of the Prometheus text format, version 0.0.4.
+const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    /// The value of the series `name` with exactly `labels`, from `render()`
+    /// output; `None` when there is no such line.
+    fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        text.lines()
+            .filter(|line| !line.starts_with('#') && !line.is_empty())
+            .find_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (series_name, found) = match series.split_once('{') {
+                    Some((n, rest)) => (n, parse_labels(rest.strip_suffix('}')?)),
+                    None => (series, BTreeMap::new()),
+                };
+                (series_name == name && found == want).then(|| value.parse().unwrap())
+            })
+    }
+
+    /// `a="x",b="y"` (test label values contain no quotes or commas).
+    fn parse_labels(s: &str) -> BTreeMap<String, String> {
+        s.split(',')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap();
+                (k.to_owned(), v.trim_matches('"').to_owned())
+            })
+            .collect()
+    }
+
+    fn value(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        sample(&m.render(), name, labels)
+    }
+
+    #[test]
+    fn every_series_has_help_and_type() {
+        let m = Metrics::new();
+        // Vec series only appear once a label value exists.
+        m.auth_failed("timeout");
+        m.publish_denied("APP");
+        let text = m.render();
+        for name in [
+            "natsgate_connections",
+            "natsgate_connections_total",
+            "natsgate_auth_failures_total",
+            "natsgate_permission_violations_total",
+            "natsgate_messages_total",
+            "natsgate_bytes_total",
+            "natsgate_upstream_connect_failures_total",
+            "natsgate_upstream_up",
+            "natsgate_slow_consumers_total",
+        ] {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name}:\n{text}");
+        }
+        assert!(text.contains("# TYPE natsgate_connections gauge"));
+        assert!(text.contains("# TYPE natsgate_connections_total counter"));
+    }
+
+    #[test]
+    fn fixed_series_start_at_zero() {
+        let m = Metrics::new();
+        for direction in ["client_to_upstream", "upstream_to_client"] {
+            let labels = [("direction", direction)];
+            assert_eq!(value(&m, "natsgate_messages_total", &labels), Some(0.0));
+            assert_eq!(value(&m, "natsgate_bytes_total", &labels), Some(0.0));
+        }
+        assert_eq!(value(&m, "natsgate_connections", &[]), Some(0.0));
+        assert_eq!(value(&m, "natsgate_upstream_up", &[]), Some(0.0));
+    }
+
+    #[test]
+    fn connections() {
+        let m = Metrics::new();
+        m.connection_opened();
+        m.connection_opened();
+        m.connection_closed();
+        assert_eq!(value(&m, "natsgate_connections", &[]), Some(1.0));
+        assert_eq!(value(&m, "natsgate_connections_total", &[]), Some(2.0));
+    }
+
+    #[test]
+    fn auth_failures_by_reason() {
+        let m = Metrics::new();
+        m.auth_failed("signature_not_verified");
+        m.auth_failed("timeout");
+        m.auth_failed("timeout");
+        let name = "natsgate_auth_failures_total";
+        assert_eq!(value(&m, name, &[("reason", "timeout")]), Some(2.0));
+        assert_eq!(
+            value(&m, name, &[("reason", "signature_not_verified")]),
+            Some(1.0)
+        );
+        assert_eq!(value(&m, name, &[("reason", "unknown_user")]), None);
+    }
+
+    #[test]
+    fn permission_violations_by_kind_and_account() {
+        let m = Metrics::new();
+        m.publish_denied("APP");
+        m.publish_denied("APP");
+        m.subscribe_denied("APP");
+        m.subscribe_denied("");
+        let name = "natsgate_permission_violations_total";
+        let at = |kind, account| value(&m, name, &[("kind", kind), ("account", account)]);
+        assert_eq!(at("publish", "APP"), Some(2.0));
+        assert_eq!(at("subscribe", "APP"), Some(1.0));
+        assert_eq!(at("subscribe", NO_ACCOUNT_LABEL), Some(1.0));
+        assert_eq!(at("publish", NO_ACCOUNT_LABEL), None);
+    }
+
+    #[test]
+    fn account_labels_are_capped() {
+        let m = Metrics::new();
+        for i in 0..MAX_ACCOUNT_LABELS {
+            m.publish_denied(&format!("ACC{i}"));
+        }
+        // Past the cap: new accounts are `other`, known ones keep their label
+        // (for either kind).
+        m.publish_denied("LATE1");
+        m.subscribe_denied("LATE2");
+        m.subscribe_denied("ACC0");
+        m.publish_denied("ACC999");
+
+        let text = m.render();
+        let name = "natsgate_permission_violations_total";
+        let at = |kind, account| sample(&text, name, &[("kind", kind), ("account", account)]);
+        assert_eq!(at("publish", OTHER_ACCOUNT_LABEL), Some(1.0));
+        assert_eq!(at("subscribe", OTHER_ACCOUNT_LABEL), Some(1.0));
+        assert_eq!(at("publish", "LATE1"), None);
+        assert_eq!(at("subscribe", "LATE2"), None);
+        assert_eq!(at("subscribe", "ACC0"), Some(1.0));
+        assert_eq!(at("publish", "ACC999"), Some(2.0));
+        let series = text.lines().filter(|l| l.starts_with(name)).count();
+        // 1000 publish + ACC0 subscribe + other for each kind.
+        assert_eq!(series, MAX_ACCOUNT_LABELS + 3);
+    }
+
+    #[test]
+    fn relayed_adds_messages_and_bytes() {
+        let m = Metrics::new();
+        m.relayed(Direction::ClientToUpstream, 3, 120);
+        m.relayed(Direction::ClientToUpstream, 1, 30);
+        m.relayed(Direction::UpstreamToClient, 7, 1000);
+        let c2u = [("direction", "client_to_upstream")];
+        let u2c = [("direction", "upstream_to_client")];
+        assert_eq!(value(&m, "natsgate_messages_total", &c2u), Some(4.0));
+        assert_eq!(value(&m, "natsgate_bytes_total", &c2u), Some(150.0));
+        assert_eq!(value(&m, "natsgate_messages_total", &u2c), Some(7.0));
+        assert_eq!(value(&m, "natsgate_bytes_total", &u2c), Some(1000.0));
+    }
+
+    #[test]
+    fn upstream_and_slow_consumers() {
+        let m = Metrics::new();
+        m.upstream_connect_failed();
+        m.upstream_connect_failed();
+        m.upstream_up(true);
+        m.slow_consumer();
+        assert_eq!(
+            value(&m, "natsgate_upstream_connect_failures_total", &[]),
+            Some(2.0)
+        );
+        assert_eq!(value(&m, "natsgate_upstream_up", &[]), Some(1.0));
+        assert_eq!(value(&m, "natsgate_slow_consumers_total", &[]), Some(1.0));
+        m.upstream_up(false);
+        assert_eq!(value(&m, "natsgate_upstream_up", &[]), Some(0.0));
+    }
+
+    #[test]
+    fn clones_share_one_registry_and_instances_do_not() {
+        let a = Metrics::new();
+        let b = a.clone();
+        b.connection_opened();
+        assert_eq!(value(&a, "natsgate_connections_total", &[]), Some(1.0));
+        let other = Metrics::new();
+        assert_eq!(value(&other, "natsgate_connections_total", &[]), Some(0.0));
+    }
+
+    // === HTTP ===
+
+    /// One HTTP/1.1 request over a raw socket: (status, headers, body).
+    async fn get(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+            .await
+            .expect("response within 5s")
+            .unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, head.to_owned(), body.to_owned())
+    }
+
+    async fn start(
+        healthy: Arc<AtomicBool>,
+    ) -> (
+        SocketAddr,
+        Metrics,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Metrics::new();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(
+            listener,
+            metrics.clone(),
+            move || healthy.load(Ordering::SeqCst),
+            shutdown.clone(),
+        ));
+        (addr, metrics, shutdown, task)
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_healthz_and_404() {
+        let healthy = Arc::new(AtomicBool::new(true));
+        let (addr, metrics, shutdown, task) = start(healthy.clone()).await;
+        metrics.connection_opened();
+        metrics.auth_failed("unknown_user");
+
+        let (status, head, body) = get(addr, "GET", "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+        assert_eq!(sample(&body, "natsgate_connections_total", &[]), Some(1.0));
+        assert_eq!(
+            sample(
+                &body,
+                "natsgate_auth_failures_total",
+                &[("reason", "unknown_user")]
+            ),
+            Some(1.0)
+        );
+
+        let (status, _, body) = get(addr, "GET", "/healthz").await;
+        assert_eq!((status, body.as_str()), (200, "ok"));
+        healthy.store(false, Ordering::SeqCst);
+        let (status, _, _) = get(addr, "GET", "/healthz").await;
+        assert_eq!(status, 503);
+        healthy.store(true, Ordering::SeqCst);
+        let (status, _, _) = get(addr, "GET", "/healthz").await;
+        assert_eq!(status, 200);
+
+        assert_eq!(get(addr, "GET", "/").await.0, 404);
+        assert_eq!(get(addr, "GET", "/metrics/x").await.0, 404);
+        assert_eq!(get(addr, "POST", "/metrics").await.0, 404);
+        let (status, _, body) = get(addr, "HEAD", "/metrics").await;
+        assert_eq!((status, body.as_str()), (200, ""));
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("serve returns after shutdown")
+            .unwrap();
+        assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_idle_connections() {
+        let (addr, _metrics, shutdown, task) = start(Arc::new(AtomicBool::new(true))).await;
+        // One connection that never sends a request, one kept alive after a
+        // request.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut kept = TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = kept.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("idle connections do not hold up shutdown")
+            .unwrap();
+        assert_eq!(silent.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(kept.read(&mut buf).await.unwrap(), 0);
+    }
+}

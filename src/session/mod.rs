@@ -1,0 +1,238 @@
+//! One client connection, from accept to close.
+//!
+//! 1. **Handshake** ([`run`]): natsgate's own INFO with a fresh nonce; the
+//!    CONNECT must arrive and verify within `auth_timeout`; before it, any op
+//!    not starting with `C` is an `Authorization Violation` (spec 2.1). No
+//!    upstream connection exists until the client has authenticated.
+//! 2. **Upstream login**: one upstream connection for this client, logged in
+//!    with the trusted credential for the user's account.
+//! 3. **Relay** ([`relay`]): both sockets are driven by this one task; every
+//!    client frame is checked, allowed frames are forwarded verbatim in large
+//!    writes, deliveries are filtered and reply subjects tracked.
+//!
+//! No task or socket outlives the session: when either side goes, both close.
+
+mod out;
+mod relay;
+mod subs;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, field, info_span, warn};
+
+use crate::auth::{Identity, new_nonce};
+use crate::listener::{AccountSlot, Shared};
+use crate::protocol::client::{self, ClientLimits, ClientOp};
+use crate::protocol::connect::ConnectOptions;
+use crate::protocol::{self, Parsed};
+use crate::upstream::LoginOptions;
+
+pub use relay::Relay;
+
+/// The text sent to a client when no upstream server can be reached for it
+/// (nats-server has no equivalent; a client retries as after any -ERR).
+pub const ERR_UPSTREAM_UNAVAILABLE: &[u8] = b"-ERR 'Upstream Unavailable'\r\n";
+
+/// The account's `conn` limit is reached (spec 6.1).
+pub const ERR_MAX_ACCOUNT_CONNECTIONS: &[u8] =
+    b"-ERR 'maximum account active connections exceeded'\r\n";
+
+/// How long natsgate keeps trying to deliver a final `-ERR` before closing.
+const CLOSE_FLUSH: Duration = Duration::from_millis(500);
+
+/// Serves one accepted client connection until it closes.
+pub async fn run(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    peer: SocketAddr,
+    client_id: u64,
+    shutdown: CancellationToken,
+) {
+    let span = info_span!("client", cid = client_id, addr = %peer, user = field::Empty, name = field::Empty, account = field::Empty);
+    async move {
+        let _ = client.set_nodelay(true);
+        if let Some(relay) = handshake(&shared, client, peer, client_id, &shutdown).await {
+            relay.run(&shutdown).await;
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Everything decided at CONNECT time that the relay needs.
+pub(crate) struct Login {
+    pub opts: ConnectOptions,
+    pub identity: Identity,
+    pub nonce: String,
+    pub peer: SocketAddr,
+    pub client_id: u64,
+    /// Held for the session's life: its place in the account `conn` count.
+    pub slot: AccountSlot,
+}
+
+async fn handshake(
+    shared: &Arc<Shared>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    client_id: u64,
+    shutdown: &CancellationToken,
+) -> Option<Relay> {
+    let nonce = new_nonce();
+    let facts = shared.upstream.facts();
+    let info = shared.client_info(&facts, client_id, peer.ip(), Some(&nonce), None);
+    if client.write_all(&info.to_frame()).await.is_err() {
+        return None;
+    }
+    let deadline = Instant::now() + shared.settings.listen.auth_timeout;
+    let limits = ClientLimits {
+        max_control_line: shared.settings.listen.max_control_line,
+        max_payload: shared.max_payload(&facts, None),
+        headers: false,
+    };
+    let mut cin = BytesMut::with_capacity(1024);
+    let (json_len, frame_len) = loop {
+        if let Some(&first) = cin.first()
+            && first != b'C'
+            && first != b'c'
+        {
+            debug!("operation before CONNECT");
+            shared.metrics_auth_failure("no_connect");
+            close_with(&mut client, protocol::ERR_AUTH_VIOLATION).await;
+            return None;
+        }
+        match client::parse(&cin, &limits) {
+            Ok(Parsed::Frame {
+                op: ClientOp::Connect(json),
+                len,
+            }) => {
+                let start = json.as_ptr() as usize - cin.as_ptr() as usize;
+                break ((start, start + json.len()), len);
+            }
+            Ok(Parsed::Frame { .. }) | Err(protocol::ParseError::UnknownOperation) => {
+                close_with(&mut client, protocol::ERR_UNKNOWN_OP).await;
+                return None;
+            }
+            Err(e) => {
+                if let Some(text) = e.error_text() {
+                    close_with(&mut client, text).await;
+                }
+                return None;
+            }
+            Ok(Parsed::Incomplete { .. }) => {
+                cin.reserve(1024);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    read = timeout_at(deadline, client.read_buf(&mut cin)) => match read {
+                        Err(_) => {
+                            debug!("authentication timeout");
+                            shared.metrics_auth_failure("timeout");
+                            close_with(&mut client, protocol::ERR_AUTH_TIMEOUT).await;
+                            return None;
+                        }
+                        Ok(Ok(0)) | Ok(Err(_)) => return None,
+                        Ok(Ok(_)) => {}
+                    }
+                }
+            }
+        }
+    };
+    let mut opts = ConnectOptions::default();
+    if let Err(e) = opts.merge_json(&cin[json_len.0..json_len.1]) {
+        debug!(error = %e, "bad CONNECT");
+        return None;
+    }
+    let _ = cin.split_to(frame_len);
+
+    let identity = match shared.authenticate(&opts, nonce.as_bytes(), peer.ip()) {
+        Ok(identity) => identity,
+        Err(failure) => {
+            debug!(reason = failure.reason, detail = %failure.detail, "authentication failed");
+            shared.metrics_auth_failure(failure.reason);
+            close_with(&mut client, protocol::ERR_AUTH_VIOLATION).await;
+            return None;
+        }
+    };
+    if let Some(text) = post_auth_check(&opts, facts.headers) {
+        if text == protocol::ERR_AUTH_VIOLATION {
+            shared.metrics_auth_failure("account_field");
+        }
+        close_with(&mut client, text).await;
+        return None;
+    }
+    let Some(slot) = shared.account_slot(&identity) else {
+        debug!("account connection limit reached");
+        shared.metrics_auth_failure("account_connections");
+        close_with(&mut client, ERR_MAX_ACCOUNT_CONNECTIONS).await;
+        return None;
+    };
+    let span = tracing::Span::current();
+    span.record("user", identity.user.as_str());
+    span.record("name", identity.name.as_str());
+    span.record("account", identity.account_name.as_str());
+
+    let credential = shared.credential_for(&identity);
+    let mut login = LoginOptions::from_client(&opts);
+    login.headers = opts.headers && facts.headers;
+    let upstream = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        result = shared.upstream.connect(credential, &login) => match result {
+            Ok(upstream) => upstream,
+            Err(e) => {
+                warn!(error = %e, "no upstream connection");
+                shared.metrics_upstream_failure();
+                close_with(&mut client, ERR_UPSTREAM_UNAVAILABLE).await;
+                return None;
+            }
+        }
+    };
+    debug!(server = upstream.server, "authenticated and relaying");
+    let login = Login {
+        opts,
+        identity,
+        nonce,
+        peer,
+        client_id,
+        slot,
+    };
+    Some(Relay::new(shared.clone(), client, upstream, cin, login))
+}
+
+/// The checks nats-server makes after a successful authentication (spec
+/// 2.2 steps 6-8). Returns the frame to close with.
+pub(crate) fn post_auth_check(
+    opts: &ConnectOptions,
+    server_headers: bool,
+) -> Option<&'static [u8]> {
+    if opts.account.as_deref().is_some_and(|a| !a.is_empty()) || opts.new_account {
+        return Some(protocol::ERR_AUTH_VIOLATION);
+    }
+    if !(0..=1).contains(&opts.protocol) {
+        return Some(protocol::ERR_INVALID_PROTOCOL);
+    }
+    if opts.no_responders && !(opts.headers && server_headers) {
+        return Some(protocol::ERR_NO_RESPONDERS_HEADERS);
+    }
+    None
+}
+
+/// Sends a final frame and closes, waiting a bounded time for the write.
+async fn close_with(client: &mut TcpStream, frame: &[u8]) {
+    let _ = timeout(CLOSE_FLUSH, async {
+        client.write_all(frame).await?;
+        client.shutdown().await
+    })
+    .await;
+}
+
+/// Seconds from now until `at`, saturating at zero.
+pub(crate) fn until(at: SystemTime) -> Duration {
+    at.duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
+}

@@ -1,0 +1,87 @@
+//! An outgoing byte queue for one socket: chunks forwarded verbatim (slices
+//! of what was read, no copy) interleaved in order with frames natsgate makes
+//! itself, written with vectored writes.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+
+use bytes::{Buf, Bytes};
+use tokio::net::TcpStream;
+
+/// The most slices handed to one vectored write.
+const MAX_SLICES: usize = 64;
+
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl OutQueue {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn push(&mut self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        self.len += chunk.len();
+        self.chunks.push_back(chunk);
+    }
+
+    pub fn push_static(&mut self, frame: &'static [u8]) {
+        self.push(Bytes::from_static(frame));
+    }
+
+    pub fn push_vec(&mut self, frame: Vec<u8>) {
+        self.push(Bytes::from(frame));
+    }
+
+    /// Writes as much as the socket takes without blocking. Returns the
+    /// number of bytes written; `WouldBlock` is not an error.
+    pub fn write_to(&mut self, socket: &TcpStream) -> io::Result<usize> {
+        let mut total = 0;
+        while !self.chunks.is_empty() {
+            let written = {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let n = self
+                    .chunks
+                    .iter()
+                    .take(MAX_SLICES)
+                    .zip(slices.iter_mut())
+                    .map(|(c, s)| *s = IoSlice::new(c))
+                    .count();
+                match socket.try_write_vectored(&slices[..n]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(written) => written,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+                    Err(e) => return Err(e),
+                }
+            };
+            self.advance(written);
+            total += written;
+        }
+        Ok(total)
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                return;
+            };
+            if front.len() <= n {
+                n -= front.len();
+                self.chunks.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+}

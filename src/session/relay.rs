@@ -1,0 +1,765 @@
+//! The relay: both sockets of one session, driven by one task.
+//!
+//! Each readable event reads up to [`READ_SIZE`] bytes, parses every complete
+//! frame in them, and decides per frame. Frames that pass go on *verbatim*:
+//! consecutive passing frames form one run, which is handed to the other
+//! socket's queue as a slice of the read buffer (no copy). A frame that is
+//! refused or rewritten ends the run. Writes are vectored and non-blocking.
+//!
+//! Ordering: natsgate's own answers to a client (`+OK`, `-ERR`) are queued
+//! when the client's op is parsed, so they keep the op order; a client `PING`
+//! goes upstream and its `PONG` comes back only when the upstream answers, so
+//! a client's flush still means "the server has it" (spec 1.14).
+//!
+//! Back-pressure: a side is not read while the queue it feeds holds more than
+//! [`HIGH_WATER`] bytes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, trace};
+
+use super::out::OutQueue;
+use super::subs::{Delivery, Subscriptions};
+use super::{CLOSE_FLUSH, Login, post_auth_check, until};
+use crate::auth::Identity;
+use crate::listener::{AccountSlot, Shared};
+use crate::permissions::{Authorizer, PublishDecision};
+use crate::protocol::client::{self, ClientLimits, ClientOp};
+use crate::protocol::connect::ConnectOptions;
+use crate::protocol::server::{self, ServerLimits, ServerOp};
+use crate::protocol::subject::{is_valid_literal_subject, is_valid_subject};
+use crate::protocol::{self, Parsed};
+use crate::upstream::UpstreamConn;
+
+/// The subject natsgate answers itself (spec 9.4).
+const USER_INFO: &[u8] = b"$SYS.REQ.USER.INFO";
+/// Bytes asked of the socket per read.
+const READ_SIZE: usize = 64 * 1024;
+/// A side is not read while the queue it feeds holds more than this.
+const HIGH_WATER: usize = 1024 * 1024;
+/// natsgate's keep-alive PING to the client, as nats-server's `ping_interval`.
+const PING_INTERVAL: Duration = Duration::from_secs(120);
+/// Unanswered PINGs before `Stale Connection` (nats-server's `ping_max`).
+const PING_MAX: u32 = 2;
+/// The largest control line accepted from the upstream (INFO can be long).
+const UPSTREAM_MAX_CONTROL_LINE: usize = 1024 * 1024;
+
+/// Why the relay ended.
+#[derive(Debug)]
+enum End {
+    /// Close after sending this frame (if any) to the client.
+    Client(Option<Bytes>),
+    /// The upstream went away.
+    Upstream,
+    Shutdown,
+}
+
+/// A piece of output decided while parsing one input buffer: a range of that
+/// buffer to forward verbatim, or a frame natsgate made.
+enum Piece {
+    Input(usize, usize),
+    Made(Bytes),
+}
+
+/// Collects the pieces for one direction while parsing, merging adjacent
+/// verbatim frames into one run.
+#[derive(Default)]
+struct Pieces {
+    list: Vec<Piece>,
+    run: Option<(usize, usize)>,
+}
+
+impl Pieces {
+    /// Forwards the frame at `start..end` of the input verbatim.
+    fn pass(&mut self, start: usize, end: usize) {
+        match &mut self.run {
+            Some((_, e)) if *e == start => *e = end,
+            _ => {
+                self.close_run();
+                self.run = Some((start, end));
+            }
+        }
+    }
+
+    fn made(&mut self, frame: Bytes) {
+        self.close_run();
+        self.list.push(Piece::Made(frame));
+    }
+
+    fn close_run(&mut self) {
+        if let Some((s, e)) = self.run.take() {
+            self.list.push(Piece::Input(s, e));
+        }
+    }
+
+    /// Moves the pieces into `queue`, slicing the consumed input `chunk`.
+    fn drain_into(&mut self, chunk: &Bytes, queue: &mut OutQueue) {
+        self.close_run();
+        for piece in self.list.drain(..) {
+            match piece {
+                Piece::Input(s, e) => queue.push(chunk.slice(s..e)),
+                Piece::Made(frame) => queue.push(frame),
+            }
+        }
+    }
+}
+
+pub struct Relay {
+    shared: Arc<Shared>,
+    client: TcpStream,
+    upstream: TcpStream,
+    client_in: BytesMut,
+    upstream_in: BytesMut,
+    to_client: OutQueue,
+    to_upstream: OutQueue,
+    opts: ConnectOptions,
+    identity: Identity,
+    nonce: String,
+    peer: std::net::SocketAddr,
+    client_id: u64,
+    authz: Authorizer,
+    subs: Subscriptions,
+    client_limits: ClientLimits,
+    upstream_limits: ServerLimits,
+    /// Client PINGs sent upstream whose PONG has not come back.
+    pings_in_flight: u32,
+    /// Whether the connect-info INFO (spec 1.9) is still due.
+    connect_info_due: bool,
+    /// natsgate's own PINGs to the client not answered yet.
+    pings_outstanding: u32,
+    next_ping: Instant,
+    user_expiry: Option<Instant>,
+    account_expiry: Option<Instant>,
+    /// For JWT users: changes after every account update.
+    accounts: Option<watch::Receiver<u64>>,
+    _slot: AccountSlot,
+}
+
+impl Relay {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        client: TcpStream,
+        upstream: UpstreamConn,
+        client_in: BytesMut,
+        login: Login,
+    ) -> Relay {
+        let Login {
+            opts,
+            identity,
+            nonce,
+            peer,
+            client_id,
+            slot,
+        } = login;
+        let accounts = identity.jwt.as_ref().map(|_| shared.watch_accounts());
+        let facts = shared.upstream.facts();
+        let client_limits = ClientLimits {
+            max_control_line: shared.settings.listen.max_control_line,
+            max_payload: shared.max_payload(&facts, identity.max_payload),
+            headers: opts.headers && facts.headers,
+        };
+        let upstream_limits = ServerLimits {
+            max_control_line: UPSTREAM_MAX_CONTROL_LINE,
+            max_payload: usize::try_from(upstream.info.max_payload)
+                .unwrap_or(usize::MAX)
+                .max(client_limits.max_payload),
+        };
+        let authz = Authorizer::new(identity.permissions.clone(), identity.system_account);
+        let mut relay = Relay {
+            shared,
+            client,
+            upstream: upstream.stream,
+            client_in,
+            upstream_in: upstream.leftover,
+            to_client: OutQueue::default(),
+            to_upstream: OutQueue::default(),
+            connect_info_due: opts.protocol >= 1,
+            opts,
+            user_expiry: identity.expires_at.map(|t| Instant::now() + until(t)),
+            account_expiry: identity
+                .account_expires_at
+                .map(|t| Instant::now() + until(t)),
+            identity,
+            nonce,
+            peer,
+            client_id,
+            authz,
+            subs: Subscriptions::default(),
+            client_limits,
+            upstream_limits,
+            pings_in_flight: 0,
+            pings_outstanding: 0,
+            next_ping: Instant::now() + PING_INTERVAL,
+            accounts,
+            _slot: slot,
+        };
+        if relay.opts.verbose {
+            relay.to_client.push_static(protocol::OK);
+        }
+        relay
+    }
+
+    /// Relays until either side closes, a fatal protocol error, expiry or
+    /// shutdown.
+    pub async fn run(mut self, shutdown: &CancellationToken) {
+        let end = self.relay_loop(shutdown).await;
+        self.finish(end).await;
+    }
+
+    async fn relay_loop(&mut self, shutdown: &CancellationToken) -> End {
+        // Pipelined ops that arrived with the CONNECT, and bytes the upstream
+        // sent after its login PONG.
+        if let Err(end) = self.process_client() {
+            return end;
+        }
+        if let Err(end) = self.process_upstream() {
+            return end;
+        }
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        loop {
+            if let Err(end) = self.flush() {
+                return end;
+            }
+            let read_client =
+                self.to_upstream.len() < HIGH_WATER && self.to_client.len() < HIGH_WATER;
+            let read_upstream = self.to_client.len() < HIGH_WATER;
+            let expiry = self
+                .user_expiry
+                .unwrap_or(far)
+                .min(self.account_expiry.unwrap_or(far));
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Event::Shutdown,
+                r = self.client.readable(), if read_client => Event::ClientReadable(r.is_ok()),
+                r = self.upstream.readable(), if read_upstream => Event::UpstreamReadable(r.is_ok()),
+                r = self.client.writable(), if !self.to_client.is_empty() => Event::Writable(r.is_ok()),
+                r = self.upstream.writable(), if !self.to_upstream.is_empty() => Event::Writable(r.is_ok()),
+                _ = sleep_until(expiry) => Event::Expired,
+                _ = sleep_until(self.next_ping) => Event::PingTimer,
+                r = changed(&mut self.accounts) => Event::AccountsChanged(r),
+            };
+            let result = match event {
+                Event::Shutdown => return End::Shutdown,
+                Event::ClientReadable(true) => self.read_client(),
+                Event::UpstreamReadable(true) => self.read_upstream(),
+                Event::Writable(true) => Ok(()),
+                Event::ClientReadable(false) | Event::Writable(false) => return End::Client(None),
+                Event::UpstreamReadable(false) => return End::Upstream,
+                Event::Expired => return self.expired(),
+                Event::PingTimer => self.ping_client(),
+                Event::AccountsChanged(ok) => self.recheck(ok),
+            };
+            if let Err(end) = result {
+                return end;
+            }
+        }
+    }
+
+    /// Writes what each socket takes now.
+    fn flush(&mut self) -> Result<(), End> {
+        if !self.to_client.is_empty() {
+            self.to_client
+                .write_to(&self.client)
+                .map_err(|_| End::Client(None))?;
+        }
+        if !self.to_upstream.is_empty() {
+            self.to_upstream
+                .write_to(&self.upstream)
+                .map_err(|_| End::Upstream)?;
+        }
+        Ok(())
+    }
+
+    fn read_client(&mut self) -> Result<(), End> {
+        self.client_in.reserve(READ_SIZE);
+        match self.client.try_read_buf(&mut self.client_in) {
+            Ok(0) => Err(End::Client(None)),
+            Ok(_) => self.process_client(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(_) => Err(End::Client(None)),
+        }
+    }
+
+    fn read_upstream(&mut self) -> Result<(), End> {
+        self.upstream_in.reserve(READ_SIZE);
+        match self.upstream.try_read_buf(&mut self.upstream_in) {
+            Ok(0) => Err(End::Upstream),
+            Ok(_) => self.process_upstream(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(_) => Err(End::Upstream),
+        }
+    }
+
+    // === client → upstream ===
+
+    /// Parses every complete client frame buffered, checks each, and queues
+    /// the passing ones upstream verbatim.
+    fn process_client(&mut self) -> Result<(), End> {
+        let input = std::mem::take(&mut self.client_in);
+        let mut pieces = Pieces::default();
+        let mut pos = 0;
+        let now = std::time::Instant::now();
+        let mut failure = None;
+        while pos < input.len() {
+            match client::parse(&input[pos..], &self.client_limits) {
+                Ok(Parsed::Frame { op, len }) => {
+                    if let Err(end) = self.client_op(op, pos, len, &mut pieces, now) {
+                        failure = Some(end);
+                        pos += len;
+                        break;
+                    }
+                    pos += len;
+                }
+                Ok(Parsed::Incomplete { .. }) => break,
+                Err(e) => {
+                    debug!(error = e.reason(), "client protocol error");
+                    failure = Some(End::Client(e.error_text().map(Bytes::from_static)));
+                    break;
+                }
+            }
+        }
+        let mut input = input;
+        let consumed = input.split_to(pos).freeze();
+        pieces.drain_into(&consumed, &mut self.to_upstream);
+        self.client_in = if input.is_empty() {
+            BytesMut::new()
+        } else {
+            input
+        };
+        match failure {
+            Some(end) => Err(end),
+            None => Ok(()),
+        }
+    }
+
+    fn client_op(
+        &mut self,
+        op: ClientOp<'_>,
+        pos: usize,
+        len: usize,
+        pieces: &mut Pieces,
+        now: std::time::Instant,
+    ) -> Result<(), End> {
+        match op {
+            ClientOp::Pub { subject, reply, .. } | ClientOp::Hpub { subject, reply, .. } => {
+                if self.opts.pedantic && !is_valid_literal_subject(subject) {
+                    self.to_client
+                        .push_static(protocol::ERR_INVALID_PUBLISH_SUBJECT);
+                }
+                match self.authz.check_publish(subject, reply, now) {
+                    PublishDecision::Allow
+                        if subject == USER_INFO && reply.is_some_and(|r| !r.is_empty()) =>
+                    {
+                        if self.opts.verbose {
+                            self.to_client.push_static(protocol::OK);
+                        }
+                        self.answer_user_info(reply.unwrap_or_default(), pieces, now);
+                    }
+                    PublishDecision::Allow => {
+                        pieces.pass(pos, pos + len);
+                        if self.opts.verbose {
+                            self.to_client.push_static(protocol::OK);
+                        }
+                    }
+                    PublishDecision::DenySubject => {
+                        let mut err = Vec::with_capacity(64 + subject.len());
+                        protocol::err_publish_violation(&mut err, subject);
+                        self.to_client.push_vec(err);
+                        self.shared.metrics_publish_denied(&self.identity);
+                        debug!(subject = %String::from_utf8_lossy(subject), "publish denied");
+                    }
+                    PublishDecision::DenyReply => {
+                        let mut err = Vec::with_capacity(64);
+                        protocol::err_reply_violation(&mut err, reply.unwrap_or_default());
+                        self.to_client.push_vec(err);
+                        self.shared.metrics_publish_denied(&self.identity);
+                        debug!(reply = %String::from_utf8_lossy(reply.unwrap_or_default()), "publish reply denied");
+                    }
+                }
+            }
+            ClientOp::Sub {
+                subject,
+                queue,
+                sid,
+            } => {
+                if !self.authz.check_subscribe(subject, queue) {
+                    let mut err = Vec::with_capacity(64 + subject.len());
+                    protocol::err_subscribe_violation(&mut err, subject, queue);
+                    self.to_client.push_vec(err);
+                    self.shared.metrics_subscribe_denied(&self.identity);
+                    debug!(subject = %String::from_utf8_lossy(subject), "subscription denied");
+                    return Ok(());
+                }
+                if self
+                    .identity
+                    .max_subscriptions
+                    .is_some_and(|max| self.subs.len() >= max)
+                {
+                    self.to_client.push_static(protocol::ERR_MAX_SUBS);
+                    return Ok(());
+                }
+                if self.subs.contains(sid) {
+                    // nats-server ignores a SUB that reuses a sid.
+                    if self.opts.verbose {
+                        self.to_client.push_static(protocol::OK);
+                    }
+                    return Ok(());
+                }
+                if !is_valid_subject(subject) {
+                    self.to_client.push_static(protocol::ERR_INVALID_SUBJECT);
+                    return Ok(());
+                }
+                self.subs.insert(sid, subject, queue);
+                pieces.pass(pos, pos + len);
+                if self.opts.verbose {
+                    self.to_client.push_static(protocol::OK);
+                }
+            }
+            ClientOp::Unsub { sid, max } => {
+                if self.opts.verbose {
+                    self.to_client.push_static(protocol::OK);
+                }
+                match max {
+                    // Counted here, because natsgate may filter deliveries
+                    // that the upstream would count.
+                    Some(max) => {
+                        if self.subs.contains(sid) && !self.subs.limit(sid, max) {
+                            pieces.made(unsub_frame(sid));
+                        }
+                    }
+                    None => {
+                        if self.subs.remove(sid) {
+                            pieces.pass(pos, pos + len);
+                        }
+                    }
+                }
+            }
+            ClientOp::Ping => {
+                self.pings_in_flight += 1;
+                pieces.pass(pos, pos + len);
+            }
+            ClientOp::Pong => self.pings_outstanding = 0,
+            ClientOp::Ok => {}
+            ClientOp::Err => return Err(End::Client(None)),
+            ClientOp::Info(json) => {
+                if serde_json::from_slice::<serde_json::Value>(json).is_err() {
+                    return Err(End::Client(None));
+                }
+            }
+            ClientOp::Connect(json) => self.reconnect(json, pieces)?,
+        }
+        Ok(())
+    }
+
+    /// A second CONNECT (spec 2.7): decoded over the previous options,
+    /// re-authenticated against the original nonce; the subscriptions go.
+    fn reconnect(&mut self, json: &[u8], pieces: &mut Pieces) -> Result<(), End> {
+        let mut opts = self.opts.clone();
+        if opts.merge_json(json).is_err() {
+            return Err(End::Client(None));
+        }
+        let identity = match self
+            .shared
+            .authenticate(&opts, self.nonce.as_bytes(), self.peer.ip())
+        {
+            Ok(identity) => identity,
+            Err(failure) => {
+                debug!(reason = failure.reason, detail = %failure.detail, "re-authentication failed");
+                self.shared.metrics_auth_failure(failure.reason);
+                return Err(End::Client(Some(Bytes::from_static(
+                    protocol::ERR_AUTH_VIOLATION,
+                ))));
+            }
+        };
+        let facts = self.shared.upstream.facts();
+        if let Some(text) = post_auth_check(&opts, facts.headers) {
+            return Err(End::Client(Some(Bytes::from_static(text))));
+        }
+        let same_upstream = std::ptr::eq(
+            self.shared.credential_for(&identity),
+            self.shared.credential_for(&self.identity),
+        ) && opts.echo == self.opts.echo
+            && opts.headers == self.opts.headers
+            && opts.no_responders == self.opts.no_responders;
+        if !same_upstream {
+            // The upstream connection was made for other options or another
+            // account; the client reconnects and gets a fitting one.
+            debug!("second CONNECT needs another upstream connection; closing");
+            return Err(End::Client(None));
+        }
+        for sid in self.subs.clear() {
+            pieces.made(unsub_frame(&sid));
+        }
+        self.authz = Authorizer::new(identity.permissions.clone(), identity.system_account);
+        self.client_limits.max_payload = self.shared.max_payload(&facts, identity.max_payload);
+        self.user_expiry = identity.expires_at.map(|t| Instant::now() + until(t));
+        self.account_expiry = identity
+            .account_expires_at
+            .map(|t| Instant::now() + until(t));
+        self.identity = identity;
+        self.opts = opts;
+        if self.opts.verbose {
+            self.to_client.push_static(protocol::OK);
+        }
+        Ok(())
+    }
+
+    /// Answers `$SYS.REQ.USER.INFO` for the client's own identity (spec
+    /// 9.4): the upstream would describe natsgate's credential instead. The
+    /// reply goes to this connection's subscriptions that match it.
+    fn answer_user_info(&mut self, reply: &[u8], pieces: &mut Pieces, now: std::time::Instant) {
+        let payload = self.shared.user_info_json(&self.identity);
+        for (sid, queue) in self.subs.matching(reply) {
+            if !self
+                .authz
+                .filter_delivery(reply, queue.as_deref(), None, now)
+            {
+                continue;
+            }
+            let mut frame = Vec::with_capacity(reply.len() + sid.len() + payload.len() + 32);
+            frame.extend_from_slice(b"MSG ");
+            frame.extend_from_slice(reply);
+            frame.push(b' ');
+            frame.extend_from_slice(&sid);
+            frame.extend_from_slice(format!(" {}\r\n", payload.len()).as_bytes());
+            frame.extend_from_slice(&payload);
+            frame.extend_from_slice(b"\r\n");
+            self.to_client.push_vec(frame);
+            if self.subs.deliver(&sid) == Delivery::DeliverLast {
+                pieces.made(unsub_frame(&sid));
+            }
+        }
+    }
+
+    // === upstream → client ===
+
+    /// Parses every complete upstream frame buffered, filters deliveries,
+    /// and queues what the client gets verbatim.
+    fn process_upstream(&mut self) -> Result<(), End> {
+        let input = std::mem::take(&mut self.upstream_in);
+        let mut pieces = Pieces::default();
+        let mut pos = 0;
+        let now = std::time::Instant::now();
+        let mut failure = None;
+        while pos < input.len() {
+            match server::parse(&input[pos..], &self.upstream_limits) {
+                Ok(Parsed::Frame { op, len }) => {
+                    self.upstream_op(op, pos, len, &mut pieces, now);
+                    pos += len;
+                }
+                Ok(Parsed::Incomplete { .. }) => break,
+                Err(e) => {
+                    debug!(error = e.reason(), "upstream protocol error");
+                    failure = Some(End::Upstream);
+                    break;
+                }
+            }
+        }
+        let mut input = input;
+        let consumed = input.split_to(pos).freeze();
+        pieces.drain_into(&consumed, &mut self.to_client);
+        self.upstream_in = if input.is_empty() {
+            BytesMut::new()
+        } else {
+            input
+        };
+        match failure {
+            Some(end) => Err(end),
+            None => Ok(()),
+        }
+    }
+
+    fn upstream_op(
+        &mut self,
+        op: ServerOp<'_>,
+        pos: usize,
+        len: usize,
+        pieces: &mut Pieces,
+        now: std::time::Instant,
+    ) {
+        match op {
+            ServerOp::Msg {
+                subject,
+                sid,
+                reply,
+                ..
+            }
+            | ServerOp::Hmsg {
+                subject,
+                sid,
+                reply,
+                ..
+            } => {
+                let Some(queue) = self.subs.queue(sid) else {
+                    trace!("delivery for a sid the client has left");
+                    return;
+                };
+                if !self.authz.filter_delivery(subject, queue, reply, now) {
+                    trace!(subject = %String::from_utf8_lossy(subject), "delivery filtered");
+                    return;
+                }
+                match self.subs.deliver(sid) {
+                    Delivery::Unknown => {}
+                    Delivery::Deliver => pieces.pass(pos, pos + len),
+                    Delivery::DeliverLast => {
+                        pieces.pass(pos, pos + len);
+                        self.to_upstream.push(unsub_frame(sid));
+                    }
+                }
+            }
+            ServerOp::Ping => self.to_upstream.push_static(protocol::PONG),
+            ServerOp::Pong => {
+                if self.pings_in_flight == 0 {
+                    return;
+                }
+                self.pings_in_flight -= 1;
+                pieces.made(Bytes::from_static(protocol::PONG));
+                if self.connect_info_due {
+                    self.connect_info_due = false;
+                    pieces.made(Bytes::from(self.connect_info(false)));
+                }
+            }
+            ServerOp::Ok => {}
+            ServerOp::Err(_) => pieces.pass(pos, pos + len),
+            ServerOp::Info(json) => {
+                let ldm = crate::protocol::info::UpstreamInfo::parse(json)
+                    .map(|i| i.ldm)
+                    .unwrap_or(false);
+                if ldm && self.opts.protocol >= 1 {
+                    pieces.made(Bytes::from(self.connect_info(true)));
+                }
+            }
+        }
+    }
+
+    /// natsgate's INFO for this connection: the connect-info INFO after the
+    /// first PONG (spec 1.9), or the lame-duck INFO.
+    fn connect_info(&self, ldm: bool) -> Vec<u8> {
+        let facts = self.shared.upstream.facts();
+        let mut info = self.shared.client_info(
+            &facts,
+            self.client_id,
+            self.peer.ip(),
+            None,
+            Some(&self.identity),
+        );
+        info.max_payload = i64::try_from(self.client_limits.max_payload).unwrap_or(i64::MAX);
+        if ldm {
+            info.ldm = true;
+        } else {
+            info.connect_info = true;
+            info.remote_account = if self.identity.account.is_empty() {
+                "$G".to_string()
+            } else {
+                self.identity.account.clone()
+            };
+            info.acc_is_sys = self.identity.system_account;
+        }
+        info.to_frame()
+    }
+
+    // === timers and the end ===
+
+    /// After an account update: a JWT user who is revoked, whose signing key
+    /// went, or whose account expired is disconnected as nats-server does.
+    fn recheck(&mut self, watching: bool) -> Result<(), End> {
+        if !watching {
+            self.accounts = None;
+            return Ok(());
+        }
+        let Some(user) = &self.identity.jwt else {
+            return Ok(());
+        };
+        match self.shared.recheck(user) {
+            Ok(()) => Ok(()),
+            Err(disconnect) => {
+                debug!(?disconnect, "disconnected by an account update");
+                let frame = disconnect
+                    .sends_error()
+                    .then(|| Bytes::from(protocol::err_frame(disconnect.error_text())));
+                Err(End::Client(frame))
+            }
+        }
+    }
+
+    fn ping_client(&mut self) -> Result<(), End> {
+        if self.pings_outstanding >= PING_MAX {
+            return Err(End::Client(Some(Bytes::from_static(protocol::ERR_STALE))));
+        }
+        self.pings_outstanding += 1;
+        self.to_client.push_static(protocol::PING);
+        self.next_ping = Instant::now() + PING_INTERVAL;
+        Ok(())
+    }
+
+    fn expired(&mut self) -> End {
+        let now = Instant::now();
+        let text = if self.account_expiry.is_some_and(|t| t <= now) {
+            "Account Authentication Expired"
+        } else {
+            "User Authentication Expired"
+        };
+        debug!(reason = text, "credentials expired");
+        End::Client(Some(Bytes::from(protocol::err_frame(text))))
+    }
+
+    /// Delivers what is already queued for the client (bounded in time),
+    /// then the final frame, and closes both sockets.
+    async fn finish(mut self, end: End) {
+        match &end {
+            End::Client(_) => debug!("client connection closed"),
+            End::Upstream => debug!("upstream connection lost; closing the client"),
+            End::Shutdown => debug!("shutting down"),
+        }
+        if let End::Client(Some(frame)) = end {
+            self.to_client.push(frame);
+        }
+        let deadline = Instant::now() + CLOSE_FLUSH;
+        while !self.to_client.is_empty() && Instant::now() < deadline {
+            if self.to_client.write_to(&self.client).is_err() {
+                break;
+            }
+            if self.to_client.is_empty() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, self.client.writable())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
+}
+
+enum Event {
+    Shutdown,
+    ClientReadable(bool),
+    UpstreamReadable(bool),
+    Writable(bool),
+    Expired,
+    PingTimer,
+    AccountsChanged(bool),
+}
+
+/// Resolves when the account generation changes; never without a receiver.
+async fn changed(accounts: &mut Option<watch::Receiver<u64>>) -> bool {
+    match accounts {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+fn unsub_frame(sid: &[u8]) -> Bytes {
+    let mut frame = Vec::with_capacity(sid.len() + 8);
+    frame.extend_from_slice(b"UNSUB ");
+    frame.extend_from_slice(sid);
+    frame.extend_from_slice(b"\r\n");
+    Bytes::from(frame)
+}

@@ -1,0 +1,168 @@
+//! The client's subscriptions as natsgate tracks them: needed for the
+//! subscription limit, for the delivery-time deny filter of queue
+//! subscriptions, for dropping deliveries to a sid the client has left, and
+//! for counting `UNSUB <sid> <max>` deliveries the way nats-server counts them
+//! (filtered deliveries do not count, spec 4.5).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use crate::protocol::subject::is_subset;
+
+#[derive(Debug)]
+pub struct Subscription {
+    pub subject: Bytes,
+    pub queue: Option<Bytes>,
+    /// Messages delivered to the client on this sid.
+    pub delivered: u64,
+    /// Auto-unsubscribe after this many deliveries.
+    pub max: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    by_sid: HashMap<Bytes, Subscription, foldhash::fast::RandomState>,
+}
+
+/// What a delivery on a sid means for the subscription.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Not subscribed (any more): drop the message.
+    Unknown,
+    /// Deliver it.
+    Deliver,
+    /// Deliver it; it was the last one: tell the upstream to unsubscribe.
+    DeliverLast,
+}
+
+impl Subscriptions {
+    pub fn len(&self) -> usize {
+        self.by_sid.len()
+    }
+
+    pub fn contains(&self, sid: &[u8]) -> bool {
+        self.by_sid.contains_key(sid)
+    }
+
+    pub fn queue(&self, sid: &[u8]) -> Option<Option<&[u8]>> {
+        self.by_sid.get(sid).map(|s| s.queue.as_deref())
+    }
+
+    pub fn insert(&mut self, sid: &[u8], subject: &[u8], queue: Option<&[u8]>) {
+        let sub = Subscription {
+            subject: Bytes::copy_from_slice(subject),
+            queue: queue.map(Bytes::copy_from_slice),
+            delivered: 0,
+            max: None,
+        };
+        self.by_sid.insert(Bytes::copy_from_slice(sid), sub);
+    }
+
+    /// The sids a message on the literal `subject` goes to: every plain
+    /// subscription that matches, and one member of each queue group.
+    pub fn matching(&self, subject: &[u8]) -> Vec<(Bytes, Option<Bytes>)> {
+        let mut out: Vec<(Bytes, Option<Bytes>)> = Vec::new();
+        for (sid, sub) in &self.by_sid {
+            if !is_subset(subject, &sub.subject) {
+                continue;
+            }
+            if let Some(q) = &sub.queue
+                && out.iter().any(|(_, other)| other.as_ref() == Some(q))
+            {
+                continue;
+            }
+            out.push((sid.clone(), sub.queue.clone()));
+        }
+        out
+    }
+
+    pub fn remove(&mut self, sid: &[u8]) -> bool {
+        self.by_sid.remove(sid).is_some()
+    }
+
+    pub fn clear(&mut self) -> Vec<Bytes> {
+        self.by_sid.drain().map(|(sid, _)| sid).collect()
+    }
+
+    /// `UNSUB <sid> <max>`: returns true when the subscription stays (for at
+    /// most `max` deliveries in all), false when it is removed now (max not
+    /// a number, or already reached), as nats-server decides.
+    pub fn limit(&mut self, sid: &[u8], max: &[u8]) -> bool {
+        let Some(sub) = self.by_sid.get_mut(sid) else {
+            return false;
+        };
+        let max = std::str::from_utf8(max)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok());
+        match max {
+            Some(m) if m > 0 && (m as u64) > sub.delivered => {
+                sub.max = Some(m as u64);
+                true
+            }
+            _ => {
+                self.by_sid.remove(sid);
+                false
+            }
+        }
+    }
+
+    /// Counts one delivery on `sid`.
+    pub fn deliver(&mut self, sid: &[u8]) -> Delivery {
+        let Some(sub) = self.by_sid.get_mut(sid) else {
+            return Delivery::Unknown;
+        };
+        sub.delivered += 1;
+        match sub.max {
+            Some(max) if sub.delivered >= max => {
+                self.by_sid.remove(sid);
+                Delivery::DeliverLast
+            }
+            _ => Delivery::Deliver,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_unsubscribe_counts_deliveries() {
+        let mut subs = Subscriptions::default();
+        subs.insert(b"1", b"s", None);
+        assert_eq!(subs.deliver(b"1"), Delivery::Deliver);
+        // Already one delivered: max 1 removes at once, as nats-server does.
+        assert!(!subs.limit(b"1", b"1"));
+        assert_eq!(subs.deliver(b"1"), Delivery::Unknown);
+
+        subs.insert(b"2", b"s", Some(b"q"));
+        assert!(subs.limit(b"2", b"2"));
+        assert_eq!(subs.deliver(b"2"), Delivery::Deliver);
+        assert_eq!(subs.deliver(b"2"), Delivery::DeliverLast);
+        assert!(!subs.contains(b"2"));
+
+        subs.insert(b"3", b"s", None);
+        assert!(!subs.limit(b"3", b"x"));
+        subs.insert(b"4", b"s", None);
+        assert!(!subs.limit(b"4", b"-1"));
+
+        subs.insert(b"5", b"_INBOX.*", None);
+        subs.insert(b"6", b"_INBOX.>", Some(b"q"));
+        subs.insert(b"7", b">", Some(b"q"));
+        subs.insert(b"8", b"other", None);
+        let mut sids: Vec<_> = subs
+            .matching(b"_INBOX.x")
+            .into_iter()
+            .map(|(sid, _)| sid)
+            .collect();
+        sids.sort();
+        assert_eq!(
+            sids.len(),
+            2,
+            "one plain sub and one member of group q: {sids:?}"
+        );
+        assert_eq!(sids[0], Bytes::from_static(b"5"));
+        assert!(!subs.limit(b"nope", b"5"));
+    }
+}

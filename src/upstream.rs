@@ -1,0 +1,392 @@
+//! The upstream side: dialing the nats-server and logging in with natsgate's
+//! trusted credential (spec 9.9).
+//!
+//! [`UpstreamPool`] owns the server list and the facts learned from the last
+//! upstream INFO (version, headers, max_payload), which feed the INFO natsgate
+//! sends its clients. [`UpstreamPool::connect`] tries the servers in turn,
+//! starting with the last one that worked, and returns a logged-in connection
+//! (CONNECT answered by PONG) or the reason none could be had.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::BytesMut;
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::config::{Credential, ServerAddr};
+use crate::protocol::info::UpstreamInfo;
+use crate::protocol::server::{self, ServerLimits, ServerOp};
+use crate::protocol::{Parsed, connect::ConnectOptions};
+
+/// What the client asked for that the upstream connection must carry
+/// (spec 9.9: every default set explicitly).
+#[derive(Clone, Debug)]
+pub struct LoginOptions {
+    pub echo: bool,
+    pub headers: bool,
+    pub no_responders: bool,
+    pub protocol: i64,
+    pub name: Option<String>,
+    pub lang: Option<String>,
+    pub version: Option<String>,
+}
+
+impl LoginOptions {
+    pub fn from_client(opts: &ConnectOptions) -> LoginOptions {
+        LoginOptions {
+            echo: opts.echo,
+            headers: opts.headers,
+            no_responders: opts.no_responders,
+            protocol: opts.protocol,
+            name: opts.name.clone(),
+            lang: opts.lang.clone(),
+            version: opts.version.clone(),
+        }
+    }
+}
+
+/// A logged-in upstream connection.
+#[derive(Debug)]
+pub struct UpstreamConn {
+    pub stream: TcpStream,
+    pub info: UpstreamInfo,
+    /// Bytes read after the login's PONG, to be processed as upstream input.
+    pub leftover: BytesMut,
+    /// Index of the server in the configured list.
+    pub server: usize,
+}
+
+/// Why no upstream connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting to {url}: {source}")]
+    Connect { url: String, source: std::io::Error },
+    #[error("connecting to {url}: timed out")]
+    Timeout { url: String },
+    #[error("{url} refused natsgate's credential: {text}")]
+    Refused { url: String, text: String },
+    #[error("{url}: protocol error during login: {detail}")]
+    Protocol { url: String, detail: String },
+    #[error("the credential cannot sign the upstream nonce: {0}")]
+    Credential(String),
+}
+
+/// The configured servers and what natsgate knows of them.
+#[derive(Debug)]
+pub struct UpstreamPool {
+    servers: Vec<ServerAddr>,
+    connect_timeout: Duration,
+    /// The server to try first: the last one that worked.
+    preferred: AtomicUsize,
+    facts: RwLock<Arc<UpstreamInfo>>,
+    reachable: AtomicBool,
+}
+
+impl UpstreamPool {
+    pub fn new(
+        servers: Vec<ServerAddr>,
+        connect_timeout: Duration,
+        assumed: UpstreamInfo,
+    ) -> UpstreamPool {
+        UpstreamPool {
+            servers,
+            connect_timeout,
+            preferred: AtomicUsize::new(0),
+            facts: RwLock::new(Arc::new(assumed)),
+            reachable: AtomicBool::new(false),
+        }
+    }
+
+    /// The facts of the last upstream INFO seen.
+    pub fn facts(&self) -> Arc<UpstreamInfo> {
+        match self.facts.read() {
+            Ok(f) => f.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Whether the last attempt to reach an upstream server succeeded.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    fn learn(&self, info: &UpstreamInfo) {
+        let mut guard = match self.facts.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if **guard != *info {
+            *guard = Arc::new(info.clone());
+        }
+    }
+
+    /// Reads the INFO of the first reachable server without logging in, to
+    /// learn its facts before any client arrives.
+    pub async fn probe(&self) -> bool {
+        for index in self.order() {
+            let server = &self.servers[index];
+            if let Ok(Ok(mut stream)) = timeout(
+                self.connect_timeout,
+                TcpStream::connect((server.host.as_str(), server.port)),
+            )
+            .await
+                && let Ok(Ok((info, _))) =
+                    timeout(self.connect_timeout, read_info(&mut stream, &server.url)).await
+            {
+                self.learn(&info);
+                self.reachable.store(true, Ordering::Relaxed);
+                self.preferred.store(index, Ordering::Relaxed);
+                return true;
+            }
+        }
+        self.reachable.store(false, Ordering::Relaxed);
+        false
+    }
+
+    /// Opens a logged-in upstream connection for one client.
+    pub async fn connect(
+        &self,
+        credential: &Credential,
+        login: &LoginOptions,
+    ) -> Result<UpstreamConn, UpstreamError> {
+        let mut last_error = None;
+        for index in self.order() {
+            let server = &self.servers[index];
+            match timeout(self.connect_timeout, self.login(server, credential, login)).await {
+                Ok(Ok((stream, info, leftover))) => {
+                    self.learn(&info);
+                    self.reachable.store(true, Ordering::Relaxed);
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(UpstreamConn {
+                        stream,
+                        info,
+                        leftover,
+                        server: index,
+                    });
+                }
+                Ok(Err(e @ UpstreamError::Refused { .. }))
+                | Ok(Err(e @ UpstreamError::Credential(_))) => {
+                    // The server is up; the credential is the problem.
+                    self.reachable.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+                Ok(Err(e)) => last_error = Some(e),
+                Err(_) => {
+                    last_error = Some(UpstreamError::Timeout {
+                        url: server.url.clone(),
+                    })
+                }
+            }
+        }
+        self.reachable.store(false, Ordering::Relaxed);
+        Err(last_error.unwrap_or_else(|| UpstreamError::Protocol {
+            url: String::new(),
+            detail: "no servers configured".into(),
+        }))
+    }
+
+    /// Server indexes in the order to try them: the preferred one first.
+    fn order(&self) -> impl Iterator<Item = usize> + '_ {
+        let n = self.servers.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n.max(1);
+        (0..n).map(move |i| (first + i) % n)
+    }
+
+    async fn login(
+        &self,
+        server: &ServerAddr,
+        credential: &Credential,
+        login: &LoginOptions,
+    ) -> Result<(TcpStream, UpstreamInfo, BytesMut), UpstreamError> {
+        let url = &server.url;
+        let mut stream = TcpStream::connect((server.host.as_str(), server.port))
+            .await
+            .map_err(|source| UpstreamError::Connect {
+                url: url.clone(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (info, mut buf) = read_info(&mut stream, url).await?;
+        let connect = connect_json(credential, login, info.nonce.as_deref())?;
+        let mut out = Vec::with_capacity(connect.len() + 16);
+        out.extend_from_slice(b"CONNECT ");
+        out.extend_from_slice(connect.as_bytes());
+        out.extend_from_slice(b"\r\nPING\r\n");
+        stream
+            .write_all(&out)
+            .await
+            .map_err(|source| UpstreamError::Connect {
+                url: url.clone(),
+                source,
+            })?;
+        let limits = ServerLimits {
+            max_control_line: LOGIN_MAX_LINE,
+            max_payload: 0,
+        };
+        loop {
+            match server::parse(&buf, &limits) {
+                Ok(Parsed::Frame { op, len }) => {
+                    match op {
+                        ServerOp::Pong => {
+                            let _ = buf.split_to(len);
+                            return Ok((stream, info, buf));
+                        }
+                        ServerOp::Err(text) => {
+                            let text = String::from_utf8_lossy(text).into_owned();
+                            return Err(UpstreamError::Refused {
+                                url: url.clone(),
+                                text,
+                            });
+                        }
+                        ServerOp::Ping => {
+                            let _ = stream.write_all(crate::protocol::PONG).await;
+                        }
+                        _ => {}
+                    }
+                    let _ = buf.split_to(len);
+                }
+                Ok(Parsed::Incomplete { .. }) => {
+                    read_more(&mut stream, &mut buf, url).await?;
+                }
+                Err(e) => {
+                    return Err(UpstreamError::Protocol {
+                        url: url.clone(),
+                        detail: e.reason().to_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+async fn read_more(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    url: &str,
+) -> Result<(), UpstreamError> {
+    buf.reserve(4096);
+    match stream.read_buf(buf).await {
+        Ok(0) => Err(UpstreamError::Protocol {
+            url: url.to_string(),
+            detail: "connection closed".into(),
+        }),
+        Ok(_) => Ok(()),
+        Err(source) => Err(UpstreamError::Connect {
+            url: url.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Reads the server's first INFO. Returns it and any bytes after it.
+async fn read_info(
+    stream: &mut TcpStream,
+    url: &str,
+) -> Result<(UpstreamInfo, BytesMut), UpstreamError> {
+    let mut buf = BytesMut::with_capacity(4096);
+    let limits = ServerLimits {
+        max_control_line: LOGIN_MAX_LINE,
+        max_payload: 0,
+    };
+    loop {
+        match server::parse(&buf, &limits) {
+            Ok(Parsed::Frame {
+                op: ServerOp::Info(json),
+                len,
+            }) => {
+                let info = UpstreamInfo::parse(json).map_err(|e| UpstreamError::Protocol {
+                    url: url.to_string(),
+                    detail: format!("bad INFO: {e}"),
+                })?;
+                let _ = buf.split_to(len);
+                return Ok((info, buf));
+            }
+            Ok(Parsed::Frame { .. }) => {
+                return Err(UpstreamError::Protocol {
+                    url: url.to_string(),
+                    detail: "expected INFO".into(),
+                });
+            }
+            Ok(Parsed::Incomplete { .. }) => read_more(stream, &mut buf, url).await?,
+            Err(e) => {
+                return Err(UpstreamError::Protocol {
+                    url: url.to_string(),
+                    detail: e.reason().to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// The upstream CONNECT JSON: natsgate's credential, the client's wishes, and
+/// every default set explicitly (verbose and pedantic off: natsgate answers
+/// those itself).
+fn connect_json(
+    credential: &Credential,
+    login: &LoginOptions,
+    nonce: Option<&str>,
+) -> Result<String, UpstreamError> {
+    let mut m = Map::new();
+    m.insert("verbose".into(), json!(false));
+    m.insert("pedantic".into(), json!(false));
+    m.insert("tls_required".into(), json!(false));
+    m.insert("echo".into(), json!(login.echo));
+    m.insert("headers".into(), json!(login.headers));
+    m.insert("no_responders".into(), json!(login.no_responders));
+    m.insert("protocol".into(), json!(login.protocol));
+    m.insert("name".into(), json!(login.name.as_deref().unwrap_or("")));
+    m.insert(
+        "lang".into(),
+        json!(login.lang.as_deref().unwrap_or("natsgate")),
+    );
+    m.insert(
+        "version".into(),
+        json!(
+            login
+                .version
+                .as_deref()
+                .unwrap_or(env!("CARGO_PKG_VERSION"))
+        ),
+    );
+    let sign = |seed: &str| -> Result<(String, String), UpstreamError> {
+        let nonce = nonce
+            .ok_or_else(|| UpstreamError::Credential("the upstream INFO has no nonce".into()))?;
+        let kp = nkeys::KeyPair::from_seed(seed)
+            .map_err(|e| UpstreamError::Credential(e.to_string()))?;
+        let sig = kp
+            .sign(nonce.as_bytes())
+            .map_err(|e| UpstreamError::Credential(e.to_string()))?;
+        Ok((
+            kp.public_key(),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig),
+        ))
+    };
+    match credential {
+        Credential::UserPassword { user, password } => {
+            m.insert("user".into(), json!(user));
+            m.insert("pass".into(), json!(password.expose()));
+        }
+        Credential::Token(token) => {
+            m.insert("auth_token".into(), json!(token.expose()));
+        }
+        Credential::Nkey { seed } => {
+            let (public, sig) = sign(seed.expose())?;
+            m.insert("nkey".into(), json!(public));
+            m.insert("sig".into(), json!(sig));
+        }
+        Credential::Creds { jwt, seed } => {
+            let (_, sig) = sign(seed.expose())?;
+            m.insert("jwt".into(), json!(jwt));
+            m.insert("sig".into(), json!(sig));
+        }
+    }
+    Ok(Value::Object(m).to_string())
+}
+
+/// Bound on upstream control lines during login (INFO may list many URLs).
+const LOGIN_MAX_LINE: usize = 64 * 1024;
