@@ -19,7 +19,9 @@ use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::auth::Authenticator;
 use crate::auth::jwt::AccountChange;
+use crate::config::Settings;
 use crate::listener::Shared;
 
 /// How often the accounts directory is scanned for changes.
@@ -28,8 +30,7 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// What a file looked like when it was last read.
 type Seen = HashMap<PathBuf, (SystemTime, u64)>;
 
-/// Watches the account JWT files until `shutdown`. Returns at once when
-/// there is no `[jwt]` section.
+/// Watches the account JWT files and SIGHUP until `shutdown`.
 pub async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
     let Some(jwt) = shared.settings.jwt.clone() else {
         return;
@@ -59,7 +60,14 @@ pub async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(POLL_INTERVAL) => Mode::Changed,
             _ = hup => {
-                info!("SIGHUP: re-reading the account JWTs");
+                info!("SIGHUP: reloading the config and the account JWTs");
+                if reload_config(&shared) {
+                    // Freshly loaded from the files: remember them as they are.
+                    seen.clear();
+                    scan(&shared, jwt.accounts_dir.as_deref(), &jwt.accounts, &mut seen, Mode::Remember);
+                    shared.accounts_changed();
+                    continue;
+                }
                 Mode::All
             }
         };
@@ -141,6 +149,65 @@ fn scan(shared: &Shared, dir: Option<&Path>, files: &[PathBuf], seen: &mut Seen,
     if changed {
         shared.accounts_changed();
     }
+}
+
+/// SIGHUP: re-reads the config file and everything it names. Users,
+/// permissions and JWT files take effect at once (connected static users
+/// get their new permissions, JWT users are re-checked); other sections
+/// need a restart. A config that fails validation is logged and ignored.
+/// Returns whether a new config was installed.
+fn reload_config(shared: &Shared) -> bool {
+    let Some(path) = &shared.settings.source else {
+        return false;
+    };
+    let settings = match Settings::load(path) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "config reload failed; the running config stays");
+            return false;
+        }
+    };
+    let authenticator = match Authenticator::load(&settings, SystemTime::now()) {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "config reload failed; the running config stays");
+            return false;
+        }
+    };
+    let old = &shared.settings;
+    let restart_needed = [
+        (
+            "listen",
+            format!("{:?}", old.listen) != format!("{:?}", settings.listen),
+        ),
+        (
+            "upstream",
+            format!("{:?}", old.upstream) != format!("{:?}", settings.upstream),
+        ),
+        (
+            "jwt",
+            format!("{:?}", old.jwt) != format!("{:?}", settings.jwt),
+        ),
+        (
+            "metrics",
+            format!("{:?}", old.metrics) != format!("{:?}", settings.metrics),
+        ),
+        (
+            "log",
+            format!("{:?}", old.log) != format!("{:?}", settings.log),
+        ),
+    ];
+    for (section, changed) in restart_needed {
+        if changed {
+            warn!(
+                section,
+                "this section changed; it takes effect after a restart"
+            );
+        }
+    }
+    shared.install_authenticator(authenticator);
+    info!(users = settings.users.len(), "config reloaded");
+    true
 }
 
 /// Reads and applies one account JWT file. Returns whether anything changed.

@@ -29,4 +29,4 @@ pub mod session;
 pub mod upstream;
 
 pub use error::Error;
-pub use listener::run;
+pub use listener::{run, run_with_listeners};

@@ -24,7 +24,8 @@ use crate::Error;
 use crate::auth::jwt::{Disconnect, JwtUser, TrustStore};
 use crate::auth::{AuthFailure, Authenticator, Identity};
 use crate::config::{Credential, Settings};
-use crate::permissions::{PermissionSpec, ResponseLimits, SubjectRules};
+use crate::metrics::{self, Metrics};
+use crate::permissions::{PermissionSpec, Permissions, ResponseLimits, SubjectRules};
 use crate::protocol::connect::ConnectOptions;
 use crate::protocol::info::{ClientInfo, UpstreamInfo};
 use crate::protocol::{self};
@@ -37,6 +38,7 @@ pub struct Shared {
     pub settings: Settings,
     auth: RwLock<Arc<Authenticator>>,
     pub upstream: UpstreamPool,
+    pub metrics: Metrics,
     /// natsgate's own server id (an `N...` public key), shown in INFO.
     server_id: String,
     listen: SocketAddr,
@@ -88,17 +90,24 @@ fn permissions_json(spec: &PermissionSpec) -> Map<String, Value> {
 }
 
 impl Shared {
-    pub fn new(settings: Settings, authenticator: Authenticator, listen: SocketAddr) -> Shared {
+    pub fn new(
+        settings: Settings,
+        authenticator: Authenticator,
+        listen: SocketAddr,
+        metrics: Metrics,
+    ) -> Shared {
         let assumed = UpstreamInfo::assumed(settings.listen.max_payload);
         let upstream = UpstreamPool::new(
             settings.upstream.servers.clone(),
             settings.upstream.connect_timeout,
             assumed,
+            metrics.clone(),
         );
         Shared {
             settings,
             auth: RwLock::new(Arc::new(authenticator)),
             upstream,
+            metrics,
             server_id: nkeys::KeyPair::new_server().public_key(),
             listen,
             next_client_id: AtomicU64::new(1),
@@ -126,7 +135,23 @@ impl Shared {
         true
     }
 
-    /// Tells JWT sessions to re-check themselves against the accounts.
+    /// Installs a new authenticator (a config reload).
+    pub fn install_authenticator(&self, authenticator: Authenticator) {
+        let mut guard = match self.auth.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = Arc::new(authenticator);
+    }
+
+    /// A static user's current permissions: `None` when the user is gone.
+    pub fn static_user(&self, nkey: &str) -> Option<(Arc<Permissions>, PermissionSpec)> {
+        let auth = self.authenticator();
+        auth.static_user(nkey).map(|(p, spec)| (p, spec.clone()))
+    }
+
+    /// Tells sessions to re-check themselves: JWT users against their
+    /// accounts, static users against the reloaded config.
     pub fn accounts_changed(&self) {
         self.accounts_generation.send_modify(|g| *g += 1);
     }
@@ -304,11 +329,6 @@ impl Shared {
         crate::protocol::info::write_go_json(&mut out, reply.to_string().as_bytes());
         out
     }
-
-    pub fn metrics_auth_failure(&self, _reason: &'static str) {}
-    pub fn metrics_upstream_failure(&self) {}
-    pub fn metrics_publish_denied(&self, _identity: &Identity) {}
-    pub fn metrics_subscribe_denied(&self, _identity: &Identity) {}
 }
 
 /// A connection counted against its account's `conn` limit.
@@ -334,10 +354,33 @@ impl Drop for AccountSlot {
     }
 }
 
-/// Runs natsgate on an already bound listener until `shutdown` is cancelled.
+/// Runs natsgate on an already bound listener until `shutdown` is
+/// cancelled. The `[metrics]` endpoint, when configured, is bound here.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let metrics_listener = match &settings.metrics {
+        Some(m) => Some(
+            TcpListener::bind(m.addr.as_str())
+                .await
+                .map_err(|source| Error::Io {
+                    context: format!("metrics address {}", m.addr),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    run_with_listeners(settings, listener, metrics_listener, shutdown).await
+}
+
+/// As [`run`], with the metrics listener bound by the caller (tests bind
+/// port 0 and need to know the port).
+pub async fn run_with_listeners(
+    settings: Settings,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let authenticator = Authenticator::load(&settings, SystemTime::now())?;
@@ -347,7 +390,7 @@ pub async fn run(
     })?;
     let grace = settings.listen.shutdown_grace;
     let max_connections = settings.listen.max_connections;
-    let shared = Arc::new(Shared::new(settings, authenticator, local));
+    let shared = Arc::new(Shared::new(settings, authenticator, local, Metrics::new()));
     if !shared.upstream.probe().await {
         warn!("no upstream server reachable at start; clients will be refused until one is");
     }
@@ -355,6 +398,21 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let sessions = shutdown.child_token();
     tracker.spawn(crate::accounts::watch(shared.clone(), sessions.clone()));
+    if let Some(metrics_listener) = metrics_listener {
+        if let Ok(addr) = metrics_listener.local_addr() {
+            info!(addr = %addr, "metrics listening");
+        }
+        let health = shared.clone();
+        let healthy = move || health.upstream.reachable();
+        tracker.spawn(metrics::serve(
+            metrics_listener,
+            shared.metrics.clone(),
+            healthy,
+            sessions.clone(),
+        ));
+        // /healthz must reflect the upstream even when no client connects.
+        tracker.spawn(probe_upstream(shared.clone(), sessions.clone()));
+    }
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -370,8 +428,10 @@ pub async fn run(
             }
         };
         let client_id = shared.next_client_id.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.connection_opened();
         if shared.connections.fetch_add(1, Ordering::AcqRel) >= max_connections {
             shared.connections.fetch_sub(1, Ordering::AcqRel);
+            shared.metrics.connection_closed();
             tracker.spawn(refuse(shared.clone(), stream, peer, client_id));
             continue;
         }
@@ -380,16 +440,36 @@ pub async fn run(
         tracker.spawn(async move {
             session::run(shared.clone(), stream, peer, client_id, token).await;
             shared.connections.fetch_sub(1, Ordering::AcqRel);
+            shared.metrics.connection_closed();
         });
     }
     info!("shutting down");
     drop(listener);
     sessions.cancel();
     tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    // Sessions close themselves spread over the grace; allow a little more
+    // for their last writes.
+    if tokio::time::timeout(grace + Duration::from_secs(1), tracker.wait())
+        .await
+        .is_err()
+    {
         warn!("sessions still open after the shutdown grace period");
     }
     Ok(())
+}
+
+/// How often the upstream is probed for `/healthz`.
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Keeps the upstream-reachable state fresh for `/healthz`.
+async fn probe_upstream(shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(HEALTH_PROBE_INTERVAL) => {}
+        }
+        shared.upstream.probe().await;
+    }
 }
 
 /// `max_connections` reached: INFO, then the error, then close (spec 1.2).

@@ -106,34 +106,121 @@ fn check(path: &Path, settings: &Settings) -> ExitCode {
             .collect();
         table(&mut out, ["NAME", "PUBLIC KEY", "ACCOUNT"], &rows);
     }
+    if let Err(problem) = jwt_summary(&mut out, settings) {
+        print!("{out}");
+        let _ = std::io::stdout().flush();
+        eprintln!("natsgate: {problem}");
+        return ExitCode::FAILURE;
+    }
     print!("{out}");
-    print_jwt_summary(settings);
     // A closed stdout (`natsgate check | head -1`) is not a config problem.
     let _ = std::io::stdout().flush();
     ExitCode::SUCCESS
 }
 
-/// The operators and accounts table of `natsgate check`.
-///
-/// TODO(jwt): when `auth::jwt` loads the operator and account JWTs, load them
-/// here too (a JWT that does not load must make `check` exit 1, naming the
-/// file), and print one row per operator and account: name and public key.
-/// Until then this lists the configured files.
-fn print_jwt_summary(settings: &Settings) {
+/// The operators and accounts tables of `natsgate check`: every JWT is
+/// loaded and verified exactly as the proxy loads it; a JWT that does not
+/// load is returned as the problem (naming its file).
+fn jwt_summary(out: &mut String, settings: &Settings) -> Result<(), String> {
     let Some(jwt) = &settings.jwt else {
-        println!("\njwt: not configured (static NKey users only)");
-        return;
+        out.push_str("\njwt: not configured (static NKey users only)\n");
+        return Ok(());
     };
-    println!("\njwt:");
-    for operator in &jwt.operators {
-        println!("  operator file: {}", operator.display());
-    }
-    if let Some(dir) = &jwt.accounts_dir {
-        println!("  accounts_dir:  {}", dir.display());
-    }
-    for account in &jwt.accounts {
-        println!("  account file:  {}", account.display());
-    }
+    let trust = natsgate::auth::jwt::TrustStore::load(
+        &jwt.operators,
+        jwt.accounts_dir.as_deref(),
+        &jwt.accounts,
+        std::time::SystemTime::now(),
+    )
+    .map_err(|e| e.to_string())?;
+    let when = |t: Option<std::time::SystemTime>| match t {
+        Some(t) => jiff::Timestamp::try_from(t).map_or_else(|_| "?".into(), |t| t.to_string()),
+        None => "never".into(),
+    };
+    let operators: Vec<[String; 5]> = trust
+        .operators()
+        .map(|o| {
+            [
+                o.name.clone(),
+                o.key.clone(),
+                o.signing_keys.join(" "),
+                if o.strict_signing_keys {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                o.system_account.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    out.push_str(&format!("\noperators: {}\n", operators.len()));
+    let rows: Vec<[&str; 5]> = operators
+        .iter()
+        .map(|r| r.each_ref().map(String::as_str))
+        .collect();
+    table(
+        out,
+        [
+            "NAME",
+            "PUBLIC KEY",
+            "SIGNING KEYS",
+            "STRICT",
+            "SYSTEM ACCOUNT",
+        ],
+        &rows,
+    );
+
+    let mut accounts: Vec<[String; 6]> = trust
+        .accounts()
+        .map(|a| {
+            let keys: Vec<String> = a
+                .signing_keys
+                .iter()
+                .map(|k| {
+                    if k.scoped {
+                        format!("{} (scoped: {})", k.key, k.role)
+                    } else {
+                        k.key.clone()
+                    }
+                })
+                .collect();
+            [
+                a.name.clone(),
+                a.key.clone(),
+                if keys.is_empty() {
+                    "-".into()
+                } else {
+                    keys.join(" ")
+                },
+                a.revocation_count().to_string(),
+                when(a.expires_at),
+                if a.limits.conn < 0 {
+                    "unlimited".into()
+                } else {
+                    a.limits.conn.to_string()
+                },
+            ]
+        })
+        .collect();
+    accounts.sort();
+    out.push_str(&format!("\naccounts: {}\n", accounts.len()));
+    let rows: Vec<[&str; 6]> = accounts
+        .iter()
+        .map(|r| r.each_ref().map(String::as_str))
+        .collect();
+    table(
+        out,
+        [
+            "NAME",
+            "PUBLIC KEY",
+            "SIGNING KEYS",
+            "REVOCATIONS",
+            "EXPIRES",
+            "CONNECTIONS",
+        ],
+        &rows,
+    );
+    Ok(())
 }
 
 /// Runs the proxy until SIGTERM/SIGINT.

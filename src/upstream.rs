@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::config::{Credential, ServerAddr};
+use crate::metrics::Metrics;
 use crate::protocol::info::UpstreamInfo;
 use crate::protocol::server::{self, ServerLimits, ServerOp};
 use crate::protocol::{Parsed, connect::ConnectOptions};
@@ -85,6 +86,7 @@ pub struct UpstreamPool {
     preferred: AtomicUsize,
     facts: RwLock<Arc<UpstreamInfo>>,
     reachable: AtomicBool,
+    metrics: Metrics,
 }
 
 impl UpstreamPool {
@@ -92,6 +94,7 @@ impl UpstreamPool {
         servers: Vec<ServerAddr>,
         connect_timeout: Duration,
         assumed: UpstreamInfo,
+        metrics: Metrics,
     ) -> UpstreamPool {
         UpstreamPool {
             servers,
@@ -99,7 +102,13 @@ impl UpstreamPool {
             preferred: AtomicUsize::new(0),
             facts: RwLock::new(Arc::new(assumed)),
             reachable: AtomicBool::new(false),
+            metrics,
         }
+    }
+
+    fn set_reachable(&self, up: bool) {
+        self.reachable.store(up, Ordering::Relaxed);
+        self.metrics.upstream_up(up);
     }
 
     /// The facts of the last upstream INFO seen.
@@ -139,12 +148,12 @@ impl UpstreamPool {
                     timeout(self.connect_timeout, read_info(&mut stream, &server.url)).await
             {
                 self.learn(&info);
-                self.reachable.store(true, Ordering::Relaxed);
+                self.set_reachable(true);
                 self.preferred.store(index, Ordering::Relaxed);
                 return true;
             }
         }
-        self.reachable.store(false, Ordering::Relaxed);
+        self.set_reachable(false);
         false
     }
 
@@ -160,7 +169,7 @@ impl UpstreamPool {
             match timeout(self.connect_timeout, self.login(server, credential, login)).await {
                 Ok(Ok((stream, info, leftover))) => {
                     self.learn(&info);
-                    self.reachable.store(true, Ordering::Relaxed);
+                    self.set_reachable(true);
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(UpstreamConn {
                         stream,
@@ -172,7 +181,8 @@ impl UpstreamPool {
                 Ok(Err(e @ UpstreamError::Refused { .. }))
                 | Ok(Err(e @ UpstreamError::Credential(_))) => {
                     // The server is up; the credential is the problem.
-                    self.reachable.store(true, Ordering::Relaxed);
+                    self.metrics.upstream_connect_failed();
+                    self.set_reachable(true);
                     return Err(e);
                 }
                 Ok(Err(e)) => last_error = Some(e),
@@ -182,8 +192,10 @@ impl UpstreamPool {
                     })
                 }
             }
+            // Every server skipped in the failover counts.
+            self.metrics.upstream_connect_failed();
         }
-        self.reachable.store(false, Ordering::Relaxed);
+        self.set_reachable(false);
         Err(last_error.unwrap_or_else(|| UpstreamError::Protocol {
             url: String::new(),
             detail: "no servers configured".into(),

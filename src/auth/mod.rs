@@ -132,6 +132,14 @@ impl Authenticator {
         Ok(Authenticator::new(&settings.users, trust))
     }
 
+    /// The current permissions of a static user (after a reload they may
+    /// differ from what a connected session holds).
+    pub fn static_user(&self, nkey: &str) -> Option<(Arc<Permissions>, &PermissionSpec)> {
+        self.static_users
+            .get(nkey)
+            .map(|e| (e.permissions.clone(), &e.spec))
+    }
+
     pub fn trust(&self) -> Option<&jwt::TrustStore> {
         self.trust.as_ref()
     }

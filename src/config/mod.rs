@@ -42,6 +42,9 @@ pub struct Settings {
     /// The directory of the config file (absolute when loaded from a file);
     /// relative paths in the file were resolved against it.
     pub base_dir: PathBuf,
+    /// The file these settings were loaded from (SIGHUP re-reads it);
+    /// `None` for settings made from a string.
+    pub source: Option<PathBuf>,
 }
 
 /// `[listen]`: the client-facing side.
@@ -255,7 +258,9 @@ impl Settings {
         // `absolute` only fails for an empty path or without a current
         // directory; the relative directory still works then.
         let base_dir = std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf());
-        validate::parse(&text, path, &base_dir)
+        let mut settings = validate::parse(&text, path, &base_dir)?;
+        settings.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+        Ok(settings)
     }
 
     /// Parses and validates a config given as text (tests start natsgate

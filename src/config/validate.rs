@@ -60,6 +60,7 @@ impl Context<'_> {
                 .transpose()?,
             log: self.log(&model.log)?,
             base_dir: self.base_dir.to_path_buf(),
+            source: None,
         })
     }
 

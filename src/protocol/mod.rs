@@ -121,6 +121,26 @@ pub fn err_subscribe_violation(out: &mut Vec<u8>, subject: &[u8], queue: Option<
     out.extend_from_slice(b"'\r\n");
 }
 
+/// `-ERR 'Permissions Violation for Subscription to "<subject>"[ using queue
+/// "<queue>"] (sid "<sid>")'`: a subscription removed because the user's
+/// permissions changed (spec 4.7).
+pub fn err_subscription_removed(
+    out: &mut Vec<u8>,
+    subject: &[u8],
+    queue: Option<&[u8]>,
+    sid: &[u8],
+) {
+    out.extend_from_slice(b"-ERR 'Permissions Violation for Subscription to ");
+    quote::write_go_quoted(out, subject);
+    if let Some(queue) = queue {
+        out.extend_from_slice(b" using queue ");
+        quote::write_go_quoted(out, queue);
+    }
+    out.extend_from_slice(b" (sid ");
+    quote::write_go_quoted(out, sid);
+    out.extend_from_slice(b")'\r\n");
+}
+
 // === shared lexical helpers ===
 
 /// The verbs of both directions.

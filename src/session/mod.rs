@@ -103,7 +103,7 @@ async fn handshake(
             && first != b'c'
         {
             debug!("operation before CONNECT");
-            shared.metrics_auth_failure("no_connect");
+            shared.metrics.auth_failed("no_connect");
             close_with(&mut client, protocol::ERR_AUTH_VIOLATION).await;
             return None;
         }
@@ -132,7 +132,7 @@ async fn handshake(
                     read = timeout_at(deadline, client.read_buf(&mut cin)) => match read {
                         Err(_) => {
                             debug!("authentication timeout");
-                            shared.metrics_auth_failure("timeout");
+                            shared.metrics.auth_failed("timeout");
                             close_with(&mut client, protocol::ERR_AUTH_TIMEOUT).await;
                             return None;
                         }
@@ -154,21 +154,21 @@ async fn handshake(
         Ok(identity) => identity,
         Err(failure) => {
             debug!(reason = failure.reason, detail = %failure.detail, "authentication failed");
-            shared.metrics_auth_failure(failure.reason);
+            shared.metrics.auth_failed(failure.reason);
             close_with(&mut client, protocol::ERR_AUTH_VIOLATION).await;
             return None;
         }
     };
     if let Some(text) = post_auth_check(&opts, facts.headers) {
         if text == protocol::ERR_AUTH_VIOLATION {
-            shared.metrics_auth_failure("account_field");
+            shared.metrics.auth_failed("account_field");
         }
         close_with(&mut client, text).await;
         return None;
     }
     let Some(slot) = shared.account_slot(&identity) else {
         debug!("account connection limit reached");
-        shared.metrics_auth_failure("account_connections");
+        shared.metrics.auth_failed("account_connections");
         close_with(&mut client, ERR_MAX_ACCOUNT_CONNECTIONS).await;
         return None;
     };
@@ -186,7 +186,6 @@ async fn handshake(
             Ok(upstream) => upstream,
             Err(e) => {
                 warn!(error = %e, "no upstream connection");
-                shared.metrics_upstream_failure();
                 close_with(&mut client, ERR_UPSTREAM_UNAVAILABLE).await;
                 return None;
             }

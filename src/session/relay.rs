@@ -29,6 +29,7 @@ use super::subs::{Delivery, Subscriptions};
 use super::{CLOSE_FLUSH, Login, post_auth_check, until};
 use crate::auth::Identity;
 use crate::listener::{AccountSlot, Shared};
+use crate::metrics::Direction;
 use crate::permissions::{Authorizer, PublishDecision};
 use crate::protocol::client::{self, ClientLimits, ClientOp};
 use crate::protocol::connect::ConnectOptions;
@@ -68,11 +69,13 @@ enum Piece {
 }
 
 /// Collects the pieces for one direction while parsing, merging adjacent
-/// verbatim frames into one run.
+/// verbatim frames into one run, and counts the messages passed.
 #[derive(Default)]
 struct Pieces {
     list: Vec<Piece>,
     run: Option<(usize, usize)>,
+    messages: u64,
+    payload_bytes: u64,
 }
 
 impl Pieces {
@@ -85,6 +88,12 @@ impl Pieces {
                 self.run = Some((start, end));
             }
         }
+    }
+
+    /// Counts one message (PUB or MSG) passed on, by its payload size.
+    fn count(&mut self, payload: usize) {
+        self.messages += 1;
+        self.payload_bytes += payload as u64;
     }
 
     fn made(&mut self, frame: Bytes) {
@@ -136,8 +145,11 @@ pub struct Relay {
     next_ping: Instant,
     user_expiry: Option<Instant>,
     account_expiry: Option<Instant>,
-    /// For JWT users: changes after every account update.
+    /// Changes after every account update and config reload.
     accounts: Option<watch::Receiver<u64>>,
+    /// Set once shutdown began: when this session closes (spread over
+    /// `shutdown_grace` so clients do not all reconnect at once).
+    closing_at: Option<Instant>,
     _slot: AccountSlot,
 }
 
@@ -157,7 +169,7 @@ impl Relay {
             client_id,
             slot,
         } = login;
-        let accounts = identity.jwt.as_ref().map(|_| shared.watch_accounts());
+        let accounts = Some(shared.watch_accounts());
         let facts = shared.upstream.facts();
         let client_limits = ClientLimits {
             max_control_line: shared.settings.listen.max_control_line,
@@ -195,6 +207,7 @@ impl Relay {
             upstream_limits,
             pings_in_flight: 0,
             pings_outstanding: 0,
+            closing_at: None,
             next_ping: Instant::now() + PING_INTERVAL,
             accounts,
             _slot: slot,
@@ -235,7 +248,8 @@ impl Relay {
                 .min(self.account_expiry.unwrap_or(far));
             let event = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Event::Shutdown,
+                _ = shutdown.cancelled(), if self.closing_at.is_none() => Event::Shutdown,
+                _ = sleep_until(self.closing_at.unwrap_or(far)), if self.closing_at.is_some() => Event::Closing,
                 r = self.client.readable(), if read_client => Event::ClientReadable(r.is_ok()),
                 r = self.upstream.readable(), if read_upstream => Event::UpstreamReadable(r.is_ok()),
                 r = self.client.writable(), if !self.to_client.is_empty() => Event::Writable(r.is_ok()),
@@ -245,7 +259,8 @@ impl Relay {
                 r = changed(&mut self.accounts) => Event::AccountsChanged(r),
             };
             let result = match event {
-                Event::Shutdown => return End::Shutdown,
+                Event::Shutdown => self.lame_duck(),
+                Event::Closing => return End::Shutdown,
                 Event::ClientReadable(true) => self.read_client(),
                 Event::UpstreamReadable(true) => self.read_upstream(),
                 Event::Writable(true) => Ok(()),
@@ -327,6 +342,13 @@ impl Relay {
         let mut input = input;
         let consumed = input.split_to(pos).freeze();
         pieces.drain_into(&consumed, &mut self.to_upstream);
+        if pieces.messages > 0 {
+            self.shared.metrics.relayed(
+                Direction::ClientToUpstream,
+                pieces.messages,
+                pieces.payload_bytes,
+            );
+        }
         self.client_in = if input.is_empty() {
             BytesMut::new()
         } else {
@@ -347,7 +369,18 @@ impl Relay {
         now: std::time::Instant,
     ) -> Result<(), End> {
         match op {
-            ClientOp::Pub { subject, reply, .. } | ClientOp::Hpub { subject, reply, .. } => {
+            ClientOp::Pub {
+                subject,
+                reply,
+                payload_len,
+                ..
+            }
+            | ClientOp::Hpub {
+                subject,
+                reply,
+                total_len: payload_len,
+                ..
+            } => {
                 if self.opts.pedantic && !is_valid_literal_subject(subject) {
                     self.to_client
                         .push_static(protocol::ERR_INVALID_PUBLISH_SUBJECT);
@@ -363,6 +396,7 @@ impl Relay {
                     }
                     PublishDecision::Allow => {
                         pieces.pass(pos, pos + len);
+                        pieces.count(payload_len);
                         if self.opts.verbose {
                             self.to_client.push_static(protocol::OK);
                         }
@@ -371,14 +405,18 @@ impl Relay {
                         let mut err = Vec::with_capacity(64 + subject.len());
                         protocol::err_publish_violation(&mut err, subject);
                         self.to_client.push_vec(err);
-                        self.shared.metrics_publish_denied(&self.identity);
+                        self.shared
+                            .metrics
+                            .publish_denied(&self.identity.account_name);
                         debug!(subject = %String::from_utf8_lossy(subject), "publish denied");
                     }
                     PublishDecision::DenyReply => {
                         let mut err = Vec::with_capacity(64);
                         protocol::err_reply_violation(&mut err, reply.unwrap_or_default());
                         self.to_client.push_vec(err);
-                        self.shared.metrics_publish_denied(&self.identity);
+                        self.shared
+                            .metrics
+                            .publish_denied(&self.identity.account_name);
                         debug!(reply = %String::from_utf8_lossy(reply.unwrap_or_default()), "publish reply denied");
                     }
                 }
@@ -392,7 +430,9 @@ impl Relay {
                     let mut err = Vec::with_capacity(64 + subject.len());
                     protocol::err_subscribe_violation(&mut err, subject, queue);
                     self.to_client.push_vec(err);
-                    self.shared.metrics_subscribe_denied(&self.identity);
+                    self.shared
+                        .metrics
+                        .subscribe_denied(&self.identity.account_name);
                     debug!(subject = %String::from_utf8_lossy(subject), "subscription denied");
                     return Ok(());
                 }
@@ -471,7 +511,7 @@ impl Relay {
             Ok(identity) => identity,
             Err(failure) => {
                 debug!(reason = failure.reason, detail = %failure.detail, "re-authentication failed");
-                self.shared.metrics_auth_failure(failure.reason);
+                self.shared.metrics.auth_failed(failure.reason);
                 return Err(End::Client(Some(Bytes::from_static(
                     protocol::ERR_AUTH_VIOLATION,
                 ))));
@@ -564,6 +604,13 @@ impl Relay {
         let mut input = input;
         let consumed = input.split_to(pos).freeze();
         pieces.drain_into(&consumed, &mut self.to_client);
+        if pieces.messages > 0 {
+            self.shared.metrics.relayed(
+                Direction::UpstreamToClient,
+                pieces.messages,
+                pieces.payload_bytes,
+            );
+        }
         self.upstream_in = if input.is_empty() {
             BytesMut::new()
         } else {
@@ -588,12 +635,13 @@ impl Relay {
                 subject,
                 sid,
                 reply,
-                ..
+                payload_len,
             }
             | ServerOp::Hmsg {
                 subject,
                 sid,
                 reply,
+                total_len: payload_len,
                 ..
             } => {
                 let Some(queue) = self.subs.queue(sid) else {
@@ -606,9 +654,13 @@ impl Relay {
                 }
                 match self.subs.deliver(sid) {
                     Delivery::Unknown => {}
-                    Delivery::Deliver => pieces.pass(pos, pos + len),
+                    Delivery::Deliver => {
+                        pieces.pass(pos, pos + len);
+                        pieces.count(payload_len);
+                    }
                     Delivery::DeliverLast => {
                         pieces.pass(pos, pos + len);
+                        pieces.count(payload_len);
                         self.to_upstream.push(unsub_frame(sid));
                     }
                 }
@@ -674,7 +726,7 @@ impl Relay {
             return Ok(());
         }
         let Some(user) = &self.identity.jwt else {
-            return Ok(());
+            return self.refresh_static_user();
         };
         match self.shared.recheck(user) {
             Ok(()) => Ok(()),
@@ -686,6 +738,55 @@ impl Relay {
                 Err(End::Client(frame))
             }
         }
+    }
+
+    /// After a config reload: a static user that is gone is disconnected;
+    /// one whose permissions changed gets them at once, and loses the
+    /// subscriptions they no longer allow, with nats-server's reload error.
+    fn refresh_static_user(&mut self) -> Result<(), End> {
+        let Some((permissions, spec)) = self.shared.static_user(&self.identity.user) else {
+            debug!("static user removed by a config reload");
+            return Err(End::Client(Some(Bytes::from_static(
+                protocol::ERR_AUTH_VIOLATION,
+            ))));
+        };
+        if spec == self.identity.spec {
+            return Ok(());
+        }
+        debug!("permissions changed by a config reload");
+        self.authz.replace_permissions(permissions.clone());
+        self.identity.permissions = permissions;
+        self.identity.spec = spec;
+        for (sid, subject, queue) in self.subs.entries() {
+            if self.authz.check_subscribe(&subject, queue.as_deref()) {
+                continue;
+            }
+            self.subs.remove(&sid);
+            self.to_upstream.push(unsub_frame(&sid));
+            let mut err = Vec::with_capacity(80 + subject.len());
+            protocol::err_subscription_removed(&mut err, &subject, queue.as_deref(), &sid);
+            self.to_client.push_vec(err);
+        }
+        Ok(())
+    }
+
+    /// Shutdown began: tell the client the server is going away (an INFO
+    /// with `"ldm":true`, as nats-server's lame-duck mode, for clients that
+    /// take async INFO) and pick a moment within the grace to close.
+    fn lame_duck(&mut self) -> Result<(), End> {
+        if self.opts.protocol >= 1 {
+            let info = self.connect_info(true);
+            self.to_client.push_vec(info);
+        }
+        let grace = self.shared.settings.listen.shutdown_grace;
+        if grace.is_zero() {
+            return Err(End::Shutdown);
+        }
+        let mut random = [0u8; 4];
+        let _ = getrandom::fill(&mut random);
+        let fraction = f64::from(u32::from_le_bytes(random)) / f64::from(u32::MAX);
+        self.closing_at = Some(Instant::now() + grace.mul_f64(fraction * 0.9));
+        Ok(())
     }
 
     fn ping_client(&mut self) -> Result<(), End> {
@@ -745,6 +846,7 @@ enum Event {
     Writable(bool),
     Expired,
     PingTimer,
+    Closing,
     AccountsChanged(bool),
 }
 

@@ -77,6 +77,14 @@ impl Subscriptions {
         out
     }
 
+    /// Every subscription: `(sid, subject, queue)`.
+    pub fn entries(&self) -> Vec<(Bytes, Bytes, Option<Bytes>)> {
+        self.by_sid
+            .iter()
+            .map(|(sid, s)| (sid.clone(), s.subject.clone(), s.queue.clone()))
+            .collect()
+    }
+
     pub fn remove(&mut self, sid: &[u8]) -> bool {
         self.by_sid.remove(sid).is_some()
     }
