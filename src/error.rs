@@ -19,6 +19,9 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Jwt(#[from] JwtLoadError),
+    /// A setting natsgate cannot honour yet.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -383,6 +383,9 @@ pub async fn run_with_listeners(
     metrics_listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    if let Some(problem) = settings.unsupported() {
+        return Err(Error::Unsupported(problem));
+    }
     let authenticator = Authenticator::load(&settings, SystemTime::now())?;
     let local = listener.local_addr().map_err(|source| Error::Io {
         context: "listener address".into(),

@@ -106,6 +106,10 @@ fn check(path: &Path, settings: &Settings) -> ExitCode {
             .collect();
         table(&mut out, ["NAME", "PUBLIC KEY", "ACCOUNT"], &rows);
     }
+    if let Some(problem) = settings.unsupported() {
+        eprintln!("natsgate: {problem}");
+        return ExitCode::FAILURE;
+    }
     if let Err(problem) = jwt_summary(&mut out, settings) {
         print!("{out}");
         let _ = std::io::stdout().flush();
@@ -226,6 +230,9 @@ fn jwt_summary(out: &mut String, settings: &Settings) -> Result<(), String> {
 /// Runs the proxy until SIGTERM/SIGINT.
 fn run(settings: Settings) -> ExitCode {
     init_tracing(&settings);
+    if let Some(problem) = settings.unsupported() {
+        return fail(problem);
+    }
 
     // Bind before anything starts, so a taken address is a one-line error.
     let std_listener = match bind(&settings.listen.addr) {
@@ -247,7 +254,7 @@ fn run(settings: Settings) -> ExitCode {
         let local = listener
             .local_addr()
             .map_err(|e| format!("cannot use the listen socket: {e}"))?;
-        tracing::info!(addr = %local, "listening");
+        tracing::debug!(addr = %local, "listen socket bound");
 
         let shutdown = CancellationToken::new();
         tokio::spawn(handle_signals(shutdown.clone()));
