@@ -455,3 +455,50 @@ async fn user_info_is_answered_for_the_client() {
         String::from_utf8_lossy(payload)
     );
 }
+
+/// A client that stops reading is a slow consumer: natsgate buffers a
+/// bounded amount for it, then closes it (without an error, as nats-server)
+/// and stays healthy for everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_closed_as_a_slow_consumer() {
+    let upstream = upstream();
+    let kp = keys::new_user();
+    let gate = Gate::start(&gate_toml(&upstream, "", &user_toml(&kp, "a", "")));
+    let mut slow = RawClient::connect(gate.addr()).await;
+    slow.connect_nkey(&kp, json!({})).await;
+    slow.send(b"SUB flood 1\r\n").await;
+    slow.flush().await;
+
+    let mut publisher = RawClient::connect(upstream.addr()).await;
+    publisher
+        .connect_json(&json!({"user": "gate", "pass": PASSWORD, "verbose": false}))
+        .await;
+    let payload = vec![b'x'; 1024];
+    let mut batch = Vec::new();
+    for _ in 0..1000 {
+        batch.extend_from_slice(b"PUB flood 1024\r\n");
+        batch.extend_from_slice(&payload);
+        batch.extend_from_slice(b"\r\n");
+    }
+    // 20 MiB: far more than natsgate's queue and the sockets' buffers.
+    for _ in 0..20 {
+        publisher.send(&batch).await;
+    }
+    publisher.flush().await;
+    let started = Instant::now();
+    // Reading now drains what the kernel buffered; natsgate must have closed
+    // the connection instead of going on sending.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    slow.set_timeout(Duration::from_secs(5));
+    let frames = slow.expect_closed().await;
+    assert!(
+        frames.len() < 20_000,
+        "the slow client was closed before getting everything ({} frames in {:?})",
+        frames.len(),
+        started.elapsed()
+    );
+    // natsgate still serves others.
+    let mut other = RawClient::connect(gate.addr()).await;
+    other.connect_nkey(&kp, json!({})).await;
+    assert_eq!(other.flush().await, vec![]);
+}

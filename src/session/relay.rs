@@ -44,6 +44,11 @@ const USER_INFO: &[u8] = b"$SYS.REQ.USER.INFO";
 const READ_SIZE: usize = 64 * 1024;
 /// A side is not read while the queue it feeds holds more than this.
 const HIGH_WATER: usize = 1024 * 1024;
+/// How long a queue may stay full before its peer is a slow consumer. Below
+/// nats-server's own default `write_deadline` (10 s): while a client is not
+/// reading, natsgate stops reading its upstream connection, and natsgate
+/// must notice (and count) the slow consumer before the upstream does.
+const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 /// natsgate's keep-alive PING to the client, as nats-server's `ping_interval`.
 const PING_INTERVAL: Duration = Duration::from_secs(120);
 /// Unanswered PINGs before `Stale Connection` (nats-server's `ping_max`).
@@ -150,6 +155,10 @@ pub struct Relay {
     /// Set once shutdown began: when this session closes (spread over
     /// `shutdown_grace` so clients do not all reconnect at once).
     closing_at: Option<Instant>,
+    /// Since when the client's queue has been full (a slow consumer).
+    client_full_since: Option<Instant>,
+    /// Since when the upstream's queue has been full.
+    upstream_full_since: Option<Instant>,
     _slot: AccountSlot,
 }
 
@@ -208,6 +217,8 @@ impl Relay {
             pings_in_flight: 0,
             pings_outstanding: 0,
             closing_at: None,
+            client_full_since: None,
+            upstream_full_since: None,
             next_ping: Instant::now() + PING_INTERVAL,
             accounts,
             _slot: slot,
@@ -246,6 +257,7 @@ impl Relay {
                 .user_expiry
                 .unwrap_or(far)
                 .min(self.account_expiry.unwrap_or(far));
+            let stalled = self.stalled_deadline();
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if self.closing_at.is_none() => Event::Shutdown,
@@ -257,6 +269,7 @@ impl Relay {
                 _ = sleep_until(expiry) => Event::Expired,
                 _ = sleep_until(self.next_ping) => Event::PingTimer,
                 r = changed(&mut self.accounts) => Event::AccountsChanged(r),
+                _ = sleep_until(stalled.unwrap_or(far)), if stalled.is_some() => Event::Stalled,
             };
             let result = match event {
                 Event::Shutdown => self.lame_duck(),
@@ -268,6 +281,7 @@ impl Relay {
                 Event::UpstreamReadable(false) => return End::Upstream,
                 Event::Expired => return self.expired(),
                 Event::PingTimer => self.ping_client(),
+                Event::Stalled => return self.stalled(),
                 Event::AccountsChanged(ok) => self.recheck(ok),
             };
             if let Err(end) = result {
@@ -288,7 +302,48 @@ impl Relay {
                 .write_to(&self.upstream)
                 .map_err(|_| End::Upstream)?;
         }
+        let now = Instant::now();
+        let full = |len: usize, since: &mut Option<Instant>| {
+            if len < HIGH_WATER {
+                *since = None;
+            } else if since.is_none() {
+                *since = Some(now);
+            }
+        };
+        full(self.to_client.len(), &mut self.client_full_since);
+        full(self.to_upstream.len(), &mut self.upstream_full_since);
         Ok(())
+    }
+
+    /// When a full queue has been full for [`WRITE_DEADLINE`].
+    fn stalled_deadline(&self) -> Option<Instant> {
+        let since = match (self.client_full_since, self.upstream_full_since) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(since + WRITE_DEADLINE)
+    }
+
+    /// A peer that has not taken [`HIGH_WATER`] bytes for [`WRITE_DEADLINE`]:
+    /// a slow consumer. nats-server closes it without an error.
+    fn stalled(&mut self) -> End {
+        self.shared.metrics.slow_consumer();
+        if self
+            .client_full_since
+            .is_some_and(|t| t + WRITE_DEADLINE <= Instant::now())
+        {
+            debug!(
+                pending = self.to_client.len(),
+                "slow consumer: the client does not read"
+            );
+            End::Client(None)
+        } else {
+            debug!(
+                pending = self.to_upstream.len(),
+                "the upstream does not read"
+            );
+            End::Upstream
+        }
     }
 
     fn read_client(&mut self) -> Result<(), End> {
@@ -847,6 +902,7 @@ enum Event {
     Expired,
     PingTimer,
     Closing,
+    Stalled,
     AccountsChanged(bool),
 }
 
