@@ -49,6 +49,8 @@ const HIGH_WATER: usize = 1024 * 1024;
 /// reading, natsgate stops reading its upstream connection, and natsgate
 /// must notice (and count) the slow consumer before the upstream does.
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a user with a subscription limit of 0 stays connected.
+const ZERO_SUBS_CLOSE: Duration = Duration::from_millis(20);
 /// natsgate's keep-alive PING to the client, as nats-server's `ping_interval`.
 const PING_INTERVAL: Duration = Duration::from_secs(120);
 /// Unanswered PINGs before `Stale Connection` (nats-server's `ping_max`).
@@ -225,6 +227,13 @@ impl Relay {
         };
         if relay.opts.verbose {
             relay.to_client.push_static(protocol::OK);
+        }
+        if relay.identity.max_subscriptions == Some(0) {
+            // A user who may not subscribe at all (a JWT without `subs`):
+            // nats-server says so at once and closes ~20 ms later, still
+            // answering ops sent with the CONNECT (spec 2.2).
+            relay.to_client.push_static(protocol::ERR_MAX_SUBS);
+            relay.closing_at = Some(Instant::now() + ZERO_SUBS_CLOSE);
         }
         relay
     }

@@ -165,7 +165,7 @@ impl TrustStore {
         // 8.-9. Issuer and scope.
         let limits = effective_limits(&user, account)?;
         // 10. Account expiry.
-        if account.claims.expires > 0 && unix(now) > account.claims.expires {
+        if account_expired(account, now) {
             return fail(F::AccountExpired, "");
         }
         // 11. Bearer tokens.
@@ -223,7 +223,7 @@ impl TrustStore {
         let Some(account) = self.accounts.get(&user.account_key) else {
             return Err(Disconnect::AuthorizationViolation);
         };
-        if account.claims.expires > 0 && unix(now) > account.claims.expires {
+        if account_expired(account, now) {
             return Err(Disconnect::AccountExpired);
         }
         let Ok(claims) = claims::decode::<User>(&user.jwt) else {
@@ -634,6 +634,14 @@ fn invalid(file: Option<&Path>, problem: String) -> JwtLoadError {
         file: file.map(Path::to_owned),
         problem,
     }
+}
+
+/// nats-server marks an account expired by a timer that fires at `exp`
+/// itself, so from that instant on (not a whole second later, as for users)
+/// logins to it fail (checked on 2.15.1: refused at `exp` + 300 ms).
+fn account_expired(account: &AccountInfo, now: SystemTime) -> bool {
+    let exp = account.claims.expires;
+    exp > 0 && now >= UNIX_EPOCH + std::time::Duration::from_secs(exp.unsigned_abs())
 }
 
 pub(crate) fn unix(t: SystemTime) -> i64 {
