@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::auth::Authenticator;
 use crate::auth::jwt::AccountChange;
-use crate::config::Settings;
+use crate::config::{JwtSettings, Settings};
 use crate::listener::Shared;
 
 /// How often the accounts directory is scanned for changes.
@@ -32,9 +32,12 @@ type Seen = HashMap<PathBuf, (SystemTime, u64)>;
 
 /// Watches the account JWT files and SIGHUP until `shutdown`.
 pub async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let Some(jwt) = shared.settings.jwt.clone() else {
-        return;
-    };
+    // Without `[jwt]` there are no files to poll, but SIGHUP still reloads.
+    let jwt = shared.settings.jwt.clone().unwrap_or(JwtSettings {
+        operators: Vec::new(),
+        accounts_dir: None,
+        accounts: Vec::new(),
+    });
     let mut seen = Seen::new();
     // The start-up load read everything; remember it without re-reading.
     scan(

@@ -297,8 +297,8 @@ async fn handle_signals(shutdown: CancellationToken) {
             _ = terminate.recv() => "SIGTERM",
             _ = interrupt.recv() => "SIGINT",
             _ = hangup.recv() => {
-                // TODO(reload): reload the config and the account JWTs.
-                tracing::info!(signal = "SIGHUP", "reload requested");
+                // The reload itself is done by the library's watcher
+                // (`natsgate::accounts`), which listens for SIGHUP too.
                 continue;
             }
         };

@@ -114,7 +114,7 @@ impl Metrics {
         let bytes = IntCounterVec::new(
             Opts::new(
                 "natsgate_bytes_total",
-                "Bytes relayed (whole frames), by direction \
+                "Message payload bytes relayed (headers included for HPUB/HMSG), by direction \
                  (client_to_upstream|upstream_to_client).",
             ),
             &["direction"],
