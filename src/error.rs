@@ -19,7 +19,7 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Jwt(#[from] JwtLoadError),
-    /// A setting natsgate cannot honour yet.
+    /// A setting that cannot be used (e.g. a TLS certificate).
     #[error("{0}")]
     Unsupported(String),
     #[error("{context}: {source}")]

@@ -26,6 +26,8 @@ pub mod metrics;
 pub mod permissions;
 pub mod protocol;
 pub mod session;
+pub mod tls;
+pub mod transport;
 pub mod upstream;
 
 pub use error::Error;

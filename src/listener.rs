@@ -39,6 +39,8 @@ pub struct Shared {
     auth: RwLock<Arc<Authenticator>>,
     pub upstream: UpstreamPool,
     pub metrics: Metrics,
+    /// TLS for clients (`[listen.tls]`).
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
     /// natsgate's own server id (an `N...` public key), shown in INFO.
     server_id: String,
     listen: SocketAddr,
@@ -90,24 +92,33 @@ fn permissions_json(spec: &PermissionSpec) -> Map<String, Value> {
 }
 
 impl Shared {
+    /// Builds the shared state; fails when a TLS setting cannot be used.
     pub fn new(
         settings: Settings,
         authenticator: Authenticator,
         listen: SocketAddr,
         metrics: Metrics,
-    ) -> Shared {
+    ) -> Result<Shared, crate::tls::TlsError> {
+        let tls_server = match &settings.listen.tls {
+            Some(tls) => Some(crate::tls::server_config(tls)?),
+            None => None,
+        };
+        let upstream_tls = crate::tls::client_config(settings.upstream.tls.as_ref())?;
         let assumed = UpstreamInfo::assumed(settings.listen.max_payload);
         let upstream = UpstreamPool::new(
             settings.upstream.servers.clone(),
             settings.upstream.connect_timeout,
             assumed,
             metrics.clone(),
+            upstream_tls,
+            settings.upstream.tls.clone(),
         );
-        Shared {
+        Ok(Shared {
             settings,
             auth: RwLock::new(Arc::new(authenticator)),
             upstream,
             metrics,
+            tls_server,
             server_id: nkeys::KeyPair::new_server().public_key(),
             listen,
             next_client_id: AtomicU64::new(1),
@@ -115,7 +126,7 @@ impl Shared {
             accounts_generation: watch::Sender::new(0),
             account_connections: Mutex::new(HashMap::new()),
             user_info_seq: AtomicU64::new(0),
-        }
+        })
     }
 
     /// Applies `change` to a copy of the trust store and installs it if
@@ -265,6 +276,13 @@ impl Shared {
             port: self.listen.port(),
             headers: facts.headers,
             auth_required: true,
+            tls_required: self.settings.listen.tls.is_some(),
+            tls_verify: self
+                .settings
+                .listen
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.ca_file.is_some()),
             max_payload: i64::try_from(
                 self.max_payload(facts, identity.and_then(|i| i.max_payload)),
             )
@@ -383,9 +401,6 @@ pub async fn run_with_listeners(
     metrics_listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    if let Some(problem) = settings.unsupported() {
-        return Err(Error::Unsupported(problem));
-    }
     let authenticator = Authenticator::load(&settings, SystemTime::now())?;
     let local = listener.local_addr().map_err(|source| Error::Io {
         context: "listener address".into(),
@@ -393,7 +408,9 @@ pub async fn run_with_listeners(
     })?;
     let grace = settings.listen.shutdown_grace;
     let max_connections = settings.listen.max_connections;
-    let shared = Arc::new(Shared::new(settings, authenticator, local, Metrics::new()));
+    let shared = Shared::new(settings, authenticator, local, Metrics::new())
+        .map_err(|e| Error::Unsupported(e.to_string()))?;
+    let shared = Arc::new(shared);
     if !shared.upstream.probe().await {
         warn!("no upstream server reachable at start; clients will be refused until one is");
     }

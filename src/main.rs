@@ -106,10 +106,6 @@ fn check(path: &Path, settings: &Settings) -> ExitCode {
             .collect();
         table(&mut out, ["NAME", "PUBLIC KEY", "ACCOUNT"], &rows);
     }
-    if let Some(problem) = settings.unsupported() {
-        eprintln!("natsgate: {problem}");
-        return ExitCode::FAILURE;
-    }
     if let Err(problem) = jwt_summary(&mut out, settings) {
         print!("{out}");
         let _ = std::io::stdout().flush();
@@ -230,9 +226,6 @@ fn jwt_summary(out: &mut String, settings: &Settings) -> Result<(), String> {
 /// Runs the proxy until SIGTERM/SIGINT.
 fn run(settings: Settings) -> ExitCode {
     init_tracing(&settings);
-    if let Some(problem) = settings.unsupported() {
-        return fail(problem);
-    }
 
     // Bind before anything starts, so a taken address is a one-line error.
     let std_listener = match bind(&settings.listen.addr) {

@@ -14,15 +14,17 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::BytesMut;
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_util::either::Either;
 
-use crate::config::{Credential, ServerAddr};
+use crate::config::{Credential, ServerAddr, UpstreamTls};
 use crate::metrics::Metrics;
 use crate::protocol::info::UpstreamInfo;
 use crate::protocol::server::{self, ServerLimits, ServerOp};
 use crate::protocol::{Parsed, connect::ConnectOptions};
+use crate::transport::Transport;
 
 /// What the client asked for that the upstream connection must carry
 /// (spec 9.9: every default set explicitly).
@@ -54,7 +56,7 @@ impl LoginOptions {
 /// A logged-in upstream connection.
 #[derive(Debug)]
 pub struct UpstreamConn {
-    pub stream: TcpStream,
+    pub transport: Transport,
     pub info: UpstreamInfo,
     /// Bytes read after the login's PONG, to be processed as upstream input.
     pub leftover: BytesMut,
@@ -73,6 +75,8 @@ pub enum UpstreamError {
     Refused { url: String, text: String },
     #[error("{url}: protocol error during login: {detail}")]
     Protocol { url: String, detail: String },
+    #[error("{url}: TLS: {detail}")]
+    Tls { url: String, detail: String },
     #[error("the credential cannot sign the upstream nonce: {0}")]
     Credential(String),
 }
@@ -87,6 +91,8 @@ pub struct UpstreamPool {
     facts: RwLock<Arc<UpstreamInfo>>,
     reachable: AtomicBool,
     metrics: Metrics,
+    tls: Arc<rustls::ClientConfig>,
+    tls_settings: Option<UpstreamTls>,
 }
 
 impl UpstreamPool {
@@ -95,6 +101,8 @@ impl UpstreamPool {
         connect_timeout: Duration,
         assumed: UpstreamInfo,
         metrics: Metrics,
+        tls: Arc<rustls::ClientConfig>,
+        tls_settings: Option<UpstreamTls>,
     ) -> UpstreamPool {
         UpstreamPool {
             servers,
@@ -103,6 +111,8 @@ impl UpstreamPool {
             facts: RwLock::new(Arc::new(assumed)),
             reachable: AtomicBool::new(false),
             metrics,
+            tls,
+            tls_settings,
         }
     }
 
@@ -167,12 +177,12 @@ impl UpstreamPool {
         for index in self.order() {
             let server = &self.servers[index];
             match timeout(self.connect_timeout, self.login(server, credential, login)).await {
-                Ok(Ok((stream, info, leftover))) => {
+                Ok(Ok((transport, info, leftover))) => {
                     self.learn(&info);
                     self.set_reachable(true);
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(UpstreamConn {
-                        stream,
+                        transport,
                         info,
                         leftover,
                         server: index,
@@ -214,16 +224,36 @@ impl UpstreamPool {
         server: &ServerAddr,
         credential: &Credential,
         login: &LoginOptions,
-    ) -> Result<(TcpStream, UpstreamInfo, BytesMut), UpstreamError> {
+    ) -> Result<(Transport, UpstreamInfo, BytesMut), UpstreamError> {
         let url = &server.url;
-        let mut stream = TcpStream::connect((server.host.as_str(), server.port))
+        let mut tcp = TcpStream::connect((server.host.as_str(), server.port))
             .await
             .map_err(|source| UpstreamError::Connect {
                 url: url.clone(),
                 source,
             })?;
-        let _ = stream.set_nodelay(true);
-        let (info, mut buf) = read_info(&mut stream, url).await?;
+        let _ = tcp.set_nodelay(true);
+        let (info, mut buf) = read_info(&mut tcp, url).await?;
+        // TLS the NATS way: the INFO in clear, then the handshake.
+        let mut stream: UpstreamStream =
+            if server.tls || self.tls_settings.is_some() || info.tls_required {
+                let name = crate::tls::server_name(self.tls_settings.as_ref(), &server.host)
+                    .map_err(|e| UpstreamError::Tls {
+                        url: url.clone(),
+                        detail: e.to_string(),
+                    })?;
+                let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| UpstreamError::Tls {
+                        url: url.clone(),
+                        detail: e.to_string(),
+                    })?;
+                Either::Right(tls)
+            } else {
+                Either::Left(tcp)
+            };
         let connect = connect_json(credential, login, info.nonce.as_deref())?;
         let mut out = Vec::with_capacity(connect.len() + 16);
         out.extend_from_slice(b"CONNECT ");
@@ -246,7 +276,14 @@ impl UpstreamPool {
                     match op {
                         ServerOp::Pong => {
                             let _ = buf.split_to(len);
-                            return Ok((stream, info, buf));
+                            let transport = match stream {
+                                Either::Left(tcp) => Transport::Plain(tcp),
+                                Either::Right(tls) => {
+                                    let (tcp, conn) = tls.into_inner();
+                                    Transport::tls(tcp, conn)
+                                }
+                            };
+                            return Ok((transport, info, buf));
                         }
                         ServerOp::Err(text) => {
                             let text = String::from_utf8_lossy(text).into_owned();
@@ -277,7 +314,7 @@ impl UpstreamPool {
 }
 
 async fn read_more(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
     url: &str,
 ) -> Result<(), UpstreamError> {
@@ -399,6 +436,9 @@ fn connect_json(
     }
     Ok(Value::Object(m).to_string())
 }
+
+/// The upstream connection during login: plain or TLS.
+type UpstreamStream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// Bound on upstream control lines during login (INFO may list many URLs).
 const LOGIN_MAX_LINE: usize = 64 * 1024;

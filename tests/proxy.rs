@@ -376,13 +376,7 @@ async fn async_nats_works_through_natsgate() {
         .connect(&url)
         .await
         .expect("caller connects with its NKey");
-    let answer = tokio::time::timeout(
-        Duration::from_secs(5),
-        caller_client.request("svc.greet", "joe".into()),
-    )
-    .await
-    .expect("request answered in time")
-    .expect("request answered");
+    let answer = support::request_when_served(&caller_client, "svc.greet", b"joe").await;
     assert_eq!(&answer.payload[..], b"hello joe");
 
     caller_client

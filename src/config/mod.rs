@@ -271,31 +271,6 @@ impl Settings {
     }
 }
 
-// === impl Settings ===
-
-impl Settings {
-    /// A setting this version of natsgate parses but cannot honour yet.
-    /// Running without it would silently weaken security (TLS), so natsgate
-    /// refuses to start instead.
-    pub fn unsupported(&self) -> Option<String> {
-        let file = self
-            .source
-            .as_ref()
-            .map_or_else(|| INLINE_FILE_NAME.to_string(), |p| p.display().to_string());
-        if self.listen.tls.is_some() {
-            return Some(format!(
-                "{file}: listen.tls: TLS is not supported by this version of natsgate yet"
-            ));
-        }
-        if self.upstream.tls.is_some() || self.upstream.servers.iter().any(|s| s.tls) {
-            return Some(format!(
-                "{file}: upstream: TLS is not supported by this version of natsgate yet"
-            ));
-        }
-        None
-    }
-}
-
 // === impl Credential ===
 
 impl Credential {

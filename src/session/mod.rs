@@ -24,6 +24,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info_span, warn};
 
@@ -32,8 +33,10 @@ use crate::listener::{AccountSlot, Shared};
 use crate::protocol::client::{self, ClientLimits, ClientOp};
 use crate::protocol::connect::ConnectOptions;
 use crate::protocol::{self, Parsed};
+use crate::transport::Transport;
 use crate::upstream::LoginOptions;
 
+pub use out::OutQueue;
 pub use relay::Relay;
 
 /// The text sent to a client when no upstream server can be reached for it
@@ -77,20 +80,84 @@ pub(crate) struct Login {
     pub slot: AccountSlot,
 }
 
+/// The client connection during the handshake: plain, or TLS (tokio-rustls
+/// until the relay takes over the rustls state).
+type ClientStream = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// Sends natsgate's INFO and, with `[listen.tls]`, runs the TLS handshake:
+/// after the INFO (which says `tls_required`), or before it with
+/// `handshake_first`. Returns the stream and the deadline for the CONNECT
+/// (the auth timeout covers the handshake, spec 2.1).
+async fn open(shared: &Shared, mut tcp: TcpStream, info: &[u8]) -> Option<(ClientStream, Instant)> {
+    let auth_timeout = shared.settings.listen.auth_timeout;
+    let Some(config) = &shared.tls_server else {
+        tcp.write_all(info).await.ok()?;
+        return Some((Either::Left(tcp), Instant::now() + auth_timeout));
+    };
+    let acceptor = &tokio_rustls::TlsAcceptor::from(config.clone());
+    let first = shared
+        .settings
+        .listen
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.handshake_first);
+    if first {
+        let deadline = Instant::now() + auth_timeout;
+        let mut stream = Either::Right(tls_accept(acceptor, tcp, deadline).await?);
+        stream.write_all(info).await.ok()?;
+        return Some((stream, Instant::now() + auth_timeout));
+    }
+    tcp.write_all(info).await.ok()?;
+    let deadline = Instant::now() + auth_timeout;
+    let stream = Either::Right(tls_accept(acceptor, tcp, deadline).await?);
+    Some((stream, deadline))
+}
+
+async fn tls_accept(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    deadline: Instant,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// The relay's view of the client connection once authenticated.
+fn into_transport(stream: ClientStream) -> Transport {
+    match stream {
+        Either::Left(tcp) => Transport::Plain(tcp),
+        Either::Right(tls) => {
+            let (tcp, conn) = tls.into_inner();
+            Transport::tls(tcp, conn)
+        }
+    }
+}
+
 async fn handshake(
     shared: &Arc<Shared>,
-    mut client: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     client_id: u64,
     shutdown: &CancellationToken,
 ) -> Option<Relay> {
     let nonce = new_nonce();
     let facts = shared.upstream.facts();
-    let info = shared.client_info(&facts, client_id, peer.ip(), Some(&nonce), None);
-    if client.write_all(&info.to_frame()).await.is_err() {
-        return None;
-    }
-    let deadline = Instant::now() + shared.settings.listen.auth_timeout;
+    let info = shared
+        .client_info(&facts, client_id, peer.ip(), Some(&nonce), None)
+        .to_frame();
+    let (mut client, deadline) = tokio::select! {
+        _ = shutdown.cancelled() => return None,
+        opened = open(shared, tcp, &info) => opened?,
+    };
     let limits = ClientLimits {
         max_control_line: shared.settings.listen.max_control_line,
         max_payload: shared.max_payload(&facts, None),
@@ -200,7 +267,13 @@ async fn handshake(
         client_id,
         slot,
     };
-    Some(Relay::new(shared.clone(), client, upstream, cin, login))
+    Some(Relay::new(
+        shared.clone(),
+        into_transport(client),
+        upstream,
+        cin,
+        login,
+    ))
 }
 
 /// The checks nats-server makes after a successful authentication (spec
@@ -222,7 +295,7 @@ pub(crate) fn post_auth_check(
 }
 
 /// Sends a final frame and closes, waiting a bounded time for the write.
-async fn close_with(client: &mut TcpStream, frame: &[u8]) {
+async fn close_with(client: &mut ClientStream, frame: &[u8]) {
     let _ = timeout(CLOSE_FLUSH, async {
         client.write_all(frame).await?;
         client.shutdown().await

@@ -69,6 +69,29 @@ impl OutQueue {
         Ok(total)
     }
 
+    /// Copies up to `max` bytes from the front of the queue into `writer`
+    /// (a TLS connection's plaintext buffer). Returns how many it took.
+    pub fn write_into(
+        &mut self,
+        writer: &mut impl std::io::Write,
+        max: usize,
+    ) -> io::Result<usize> {
+        let mut moved = 0;
+        while moved < max {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let take = front.len().min(max - moved);
+            let n = writer.write(&front[..take])?;
+            if n == 0 {
+                break;
+            }
+            self.advance(n);
+            moved += n;
+        }
+        Ok(moved)
+    }
+
     fn advance(&mut self, mut n: usize) {
         self.len -= n;
         while n > 0 {

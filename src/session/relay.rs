@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +35,7 @@ use crate::protocol::connect::ConnectOptions;
 use crate::protocol::server::{self, ServerLimits, ServerOp};
 use crate::protocol::subject::{is_valid_literal_subject, is_valid_subject};
 use crate::protocol::{self, Parsed};
+use crate::transport::Transport;
 use crate::upstream::UpstreamConn;
 
 /// The subject natsgate answers itself (spec 9.4).
@@ -128,8 +128,8 @@ impl Pieces {
 
 pub struct Relay {
     shared: Arc<Shared>,
-    client: TcpStream,
-    upstream: TcpStream,
+    client: Transport,
+    upstream: Transport,
     client_in: BytesMut,
     upstream_in: BytesMut,
     to_client: OutQueue,
@@ -167,7 +167,7 @@ pub struct Relay {
 impl Relay {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        client: TcpStream,
+        client: Transport,
         upstream: UpstreamConn,
         client_in: BytesMut,
         login: Login,
@@ -197,7 +197,7 @@ impl Relay {
         let mut relay = Relay {
             shared,
             client,
-            upstream: upstream.stream,
+            upstream: upstream.transport,
             client_in,
             upstream_in: upstream.leftover,
             to_client: OutQueue::default(),
@@ -273,8 +273,8 @@ impl Relay {
                 _ = sleep_until(self.closing_at.unwrap_or(far)), if self.closing_at.is_some() => Event::Closing,
                 r = self.client.readable(), if read_client => Event::ClientReadable(r.is_ok()),
                 r = self.upstream.readable(), if read_upstream => Event::UpstreamReadable(r.is_ok()),
-                r = self.client.writable(), if !self.to_client.is_empty() => Event::Writable(r.is_ok()),
-                r = self.upstream.writable(), if !self.to_upstream.is_empty() => Event::Writable(r.is_ok()),
+                r = self.client.writable(), if !self.to_client.is_empty() || self.client.wants_write() => Event::Writable(r.is_ok()),
+                r = self.upstream.writable(), if !self.to_upstream.is_empty() || self.upstream.wants_write() => Event::Writable(r.is_ok()),
                 _ = sleep_until(expiry) => Event::Expired,
                 _ = sleep_until(self.next_ping) => Event::PingTimer,
                 r = changed(&mut self.accounts) => Event::AccountsChanged(r),
@@ -301,14 +301,14 @@ impl Relay {
 
     /// Writes what each socket takes now.
     fn flush(&mut self) -> Result<(), End> {
-        if !self.to_client.is_empty() {
-            self.to_client
-                .write_to(&self.client)
+        if !self.to_client.is_empty() || self.client.wants_write() {
+            self.client
+                .write_queue(&mut self.to_client)
                 .map_err(|_| End::Client(None))?;
         }
-        if !self.to_upstream.is_empty() {
-            self.to_upstream
-                .write_to(&self.upstream)
+        if !self.to_upstream.is_empty() || self.upstream.wants_write() {
+            self.upstream
+                .write_queue(&mut self.to_upstream)
                 .map_err(|_| End::Upstream)?;
         }
         let now = Instant::now();
@@ -886,11 +886,12 @@ impl Relay {
             self.to_client.push(frame);
         }
         let deadline = Instant::now() + CLOSE_FLUSH;
-        while !self.to_client.is_empty() && Instant::now() < deadline {
-            if self.to_client.write_to(&self.client).is_err() {
+        while (!self.to_client.is_empty() || self.client.wants_write()) && Instant::now() < deadline
+        {
+            if self.client.write_queue(&mut self.to_client).is_err() {
                 break;
             }
-            if self.to_client.is_empty() {
+            if self.to_client.is_empty() && !self.client.wants_write() {
                 break;
             }
             if tokio::time::timeout_at(deadline, self.client.writable())

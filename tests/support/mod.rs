@@ -20,3 +20,35 @@ pub fn quote_toml(s: &str) -> String {
     // JSON string escapes are valid TOML basic-string escapes.
     serde_json::Value::String(s.to_owned()).to_string()
 }
+
+/// Sends a request, retrying while the server answers "no responders".
+///
+/// async-nats' `flush()` only empties the client's own write buffer (no
+/// PING round trip), so a responder's SUB may still be on its way when a
+/// request from another connection arrives; this waits (bounded) until the
+/// responder is really subscribed.
+pub async fn request_when_served(
+    client: &async_nats::Client,
+    subject: &'static str,
+    payload: &'static [u8],
+) -> async_nats::Message {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let attempt = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.request(subject, bytes::Bytes::from_static(payload)),
+        )
+        .await
+        .expect("the request was answered in time");
+        match attempt {
+            Ok(message) => return message,
+            Err(e)
+                if e.kind() == async_nats::RequestErrorKind::NoResponders
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("request on {subject} failed: {e}"),
+        }
+    }
+}
