@@ -372,6 +372,30 @@ async fn read_info(
     }
 }
 
+/// Trims the client's informational fields (`name`, `version`, `lang`) so
+/// that the upstream CONNECT stays within the server's control line limit
+/// (spec 9.9), which a client may use up with its own CONNECT alone.
+fn fit_control_line(m: &mut Map<String, Value>) {
+    for key in ["name", "version", "lang"] {
+        let len = Value::Object(m.clone()).to_string().len();
+        if len <= UPSTREAM_CONNECT_MAX {
+            return;
+        }
+        let Some(Value::String(text)) = m.get_mut(key) else {
+            continue;
+        };
+        let mut keep = text.len().saturating_sub(len - UPSTREAM_CONNECT_MAX);
+        while !text.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        text.truncate(keep);
+    }
+}
+
+/// nats-server's default `max_control_line`: the upstream CONNECT's JSON
+/// is kept within it.
+const UPSTREAM_CONNECT_MAX: usize = 4096;
+
 /// The upstream CONNECT JSON: natsgate's credential, the client's wishes, and
 /// every default set explicitly (verbose and pedantic off: natsgate answers
 /// those itself).
@@ -434,6 +458,7 @@ fn connect_json(
             m.insert("sig".into(), json!(sig));
         }
     }
+    fit_control_line(&mut m);
     Ok(Value::Object(m).to_string())
 }
 

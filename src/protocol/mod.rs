@@ -181,7 +181,13 @@ pub(crate) fn match_verb(
             continue;
         }
         if !needs_blank {
-            return Ok(Some((verb, literal.len())));
+            // Blanks after the verb are not part of the arguments
+            // (`CONNECT {...}`: the limit counts the JSON only).
+            let mut start = literal.len();
+            while matches!(buf.get(start), Some(b' ' | b'\t')) {
+                start += 1;
+            }
+            return Ok(Some((verb, start)));
         }
         match buf.get(literal.len()) {
             None => continue,
@@ -225,7 +231,10 @@ pub(crate) fn find_line(
         .len()
         .min(arg_start.saturating_add(max).saturating_add(2));
     let Some(at) = memchr::memchr(b'\n', &buf[arg_start.min(search_end)..search_end]) else {
-        if buf.len().saturating_sub(arg_start) > max {
+        // A `\r` still waiting for its `\n` is not part of the arguments.
+        let pending = buf.len().saturating_sub(arg_start)
+            - usize::from(buf.len() > arg_start && buf.ends_with(b"\r"));
+        if pending > max {
             return Err(ParseError::ControlLineTooLong);
         }
         return Ok(None);
@@ -278,6 +287,34 @@ pub(crate) fn parse_size(s: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pending_cr_and_the_blank_after_a_verb_do_not_count_against_the_limit() {
+        use super::client::{ClientLimits, parse};
+        let limits = ClientLimits {
+            max_control_line: 10,
+            max_payload: 100,
+            headers: false,
+        };
+        // 10 bytes of arguments, the `\r` in, the `\n` not yet.
+        assert_eq!(
+            parse(b"SUB abcdefg 1\r", &limits),
+            Ok(Parsed::Incomplete { needed: None })
+        );
+        assert!(matches!(
+            parse(b"SUB abcdefg 1\r\n", &limits),
+            Ok(Parsed::Frame { .. })
+        ));
+        // CONNECT, a blank, then exactly 10 bytes of JSON; 11 are too many.
+        assert!(matches!(
+            parse(b"CONNECT {\"a\":1234}\r\n", &limits),
+            Ok(Parsed::Frame { .. })
+        ));
+        assert_eq!(
+            parse(b"CONNECT {\"a\":12345}\r\n", &limits),
+            Err(ParseError::ControlLineTooLong)
+        );
+    }
 
     #[test]
     fn sizes_are_one_to_nine_digits() {
