@@ -156,9 +156,8 @@ impl Shared {
     }
 
     /// A static user's current permissions: `None` when the user is gone.
-    pub fn static_user(&self, nkey: &str) -> Option<(Arc<Permissions>, PermissionSpec)> {
-        let auth = self.authenticator();
-        auth.static_user(nkey).map(|(p, spec)| (p, spec.clone()))
+    pub fn static_user(&self, nkey: &str) -> Option<(Arc<Permissions>, Arc<PermissionSpec>)> {
+        self.authenticator().static_user(nkey)
     }
 
     /// Tells sessions to re-check themselves: JWT users against their

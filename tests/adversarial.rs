@@ -7,12 +7,11 @@
 
 mod support;
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::jwt as j;
+use support::process::{settle, spawn_gate_binary, usage};
 use support::{Frame, Gate, NatsServer, RawClient, ReadError, keys, quote_toml};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
@@ -532,89 +531,6 @@ async fn ten_thousand_subscriptions_on_one_connection() {
 }
 
 // === the natsgate binary: floods and a leak check ===
-
-struct GateProcess {
-    child: Child,
-    addr: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for GateProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_gate_binary(toml: &str) -> GateProcess {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("natsgate.toml");
-    std::fs::write(&config, toml).expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_natsgate"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn natsgate");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if line.contains("natsgate listening")
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(line);
-            }
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("natsgate did not report `natsgate listening` on stderr");
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("addr="))
-        .map(|a| a.trim_matches(|c| c == '"' || c == ','))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no addr= in {line:?}"));
-    GateProcess {
-        child,
-        addr,
-        _dir: dir,
-    }
-}
-
-/// Open fds and resident memory (KiB) of a process.
-fn usage(pid: u32) -> (usize, u64) {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("read /proc/<pid>/fd")
-        .count();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS");
-    (fds, rss)
-}
-
-async fn settle(pid: u32, baseline: (usize, u64)) -> (usize, u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let now = usage(pid);
-        if (now.0 <= baseline.0 + 10 && now.1 <= baseline.1 + 20 * 1024)
-            || Instant::now() > deadline
-        {
-            return now;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_leave_no_fds_or_memory_behind() {

@@ -14,7 +14,7 @@ pub mod nkey;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
 
 use base64::Engine;
@@ -36,8 +36,9 @@ pub struct Identity {
     /// The account's name (JWT `name`), or the configured account.
     pub account_name: String,
     pub permissions: Arc<Permissions>,
-    /// The permissions as configured or carried in the JWT (for USER.INFO).
-    pub spec: PermissionSpec,
+    /// The permissions as configured or carried in the JWT (for USER.INFO
+    /// and reloads); shared by the connections of users with the same.
+    pub spec: Arc<PermissionSpec>,
     /// Per-connection subscription limit; `None` is unlimited.
     pub max_subscriptions: Option<usize>,
     /// Per-connection payload limit from the JWT or account; `None` is
@@ -77,7 +78,7 @@ struct StaticEntry {
     name: String,
     account: String,
     permissions: Arc<Permissions>,
-    spec: PermissionSpec,
+    spec: Arc<PermissionSpec>,
 }
 
 /// Turns CONNECTs into identities. Immutable; rebuilt on reload and on
@@ -86,7 +87,55 @@ struct StaticEntry {
 pub struct Authenticator {
     static_users: Arc<HashMap<String, StaticEntry>>,
     trust: Option<jwt::TrustStore>,
+    compiled: Arc<CompiledPermissions>,
 }
+
+/// What the connections of one user (or of users with the same
+/// permissions) can share instead of holding a copy each: the compiled
+/// permissions, the permission spec and the user JWT itself. Thousands of
+/// connections of one JWT user hold one copy. Compiled sets are held weakly
+/// (freed when no connection uses them); entries are pruned as the maps grow.
+#[derive(Debug, Default)]
+pub struct CompiledPermissions {
+    by_spec: Mutex<HashMap<Arc<PermissionSpec>, Weak<Permissions>>>,
+    tokens: Mutex<std::collections::HashSet<Arc<str>>>,
+}
+
+impl CompiledPermissions {
+    /// The shared spec and its compiled form, compiled at most once while
+    /// in use.
+    pub fn get(&self, spec: &PermissionSpec) -> (Arc<PermissionSpec>, Arc<Permissions>) {
+        let mut by_spec = self.by_spec.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((key, weak)) = by_spec.get_key_value(spec)
+            && let Some(live) = weak.upgrade()
+        {
+            return (key.clone(), live);
+        }
+        if by_spec.len() >= PRUNE_COMPILED_AT {
+            by_spec.retain(|_, w| w.strong_count() > 0);
+        }
+        let key = Arc::new(spec.clone());
+        let compiled = Arc::new(Permissions::compile(spec));
+        by_spec.insert(key.clone(), Arc::downgrade(&compiled));
+        (key, compiled)
+    }
+
+    /// One shared copy of a user JWT.
+    pub fn intern(&self, token: &Arc<str>) -> Arc<str> {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = tokens.get(&**token) {
+            return known.clone();
+        }
+        if tokens.len() >= PRUNE_COMPILED_AT {
+            tokens.retain(|t| Arc::strong_count(t) > 1);
+        }
+        tokens.insert(token.clone());
+        token.clone()
+    }
+}
+
+/// Dead entries of [`CompiledPermissions`] are pruned at this size.
+const PRUNE_COMPILED_AT: usize = 4096;
 
 impl Authenticator {
     /// Builds the authenticator from validated settings and (when `[jwt]` is
@@ -99,7 +148,7 @@ impl Authenticator {
                     name: u.name.clone().unwrap_or_default(),
                     account: u.account.clone().unwrap_or_default(),
                     permissions: Arc::new(Permissions::compile(&u.permissions)),
-                    spec: u.permissions.clone(),
+                    spec: Arc::new(u.permissions.clone()),
                 };
                 (u.nkey.clone(), entry)
             })
@@ -107,6 +156,7 @@ impl Authenticator {
         Authenticator {
             static_users: Arc::new(static_users),
             trust,
+            compiled: Arc::default(),
         }
     }
 
@@ -115,6 +165,7 @@ impl Authenticator {
         Authenticator {
             static_users: self.static_users.clone(),
             trust: Some(trust),
+            compiled: self.compiled.clone(),
         }
     }
 
@@ -134,10 +185,10 @@ impl Authenticator {
 
     /// The current permissions of a static user (after a reload they may
     /// differ from what a connected session holds).
-    pub fn static_user(&self, nkey: &str) -> Option<(Arc<Permissions>, &PermissionSpec)> {
+    pub fn static_user(&self, nkey: &str) -> Option<(Arc<Permissions>, Arc<PermissionSpec>)> {
         self.static_users
             .get(nkey)
-            .map(|e| (e.permissions.clone(), &e.spec))
+            .map(|e| (e.permissions.clone(), e.spec.clone()))
     }
 
     pub fn trust(&self) -> Option<&jwt::TrustStore> {
@@ -163,7 +214,7 @@ impl Authenticator {
             let user = trust
                 .authenticate(&login, now)
                 .map_err(|e| AuthFailure::new(e.reason(), e.to_string()))?;
-            return Ok(identity_from_jwt(user));
+            return Ok(identity_from_jwt(user, &self.compiled));
         }
         let Some(key) = opts.nkey.as_deref() else {
             return Err(if self.trust.is_some() {
@@ -197,7 +248,7 @@ impl Authenticator {
     }
 }
 
-fn identity_from_jwt(user: jwt::JwtUser) -> Identity {
+fn identity_from_jwt(mut user: jwt::JwtUser, shared: &CompiledPermissions) -> Identity {
     let limit = |v: i64| {
         if v < 0 {
             None
@@ -205,13 +256,16 @@ fn identity_from_jwt(user: jwt::JwtUser) -> Identity {
             Some(usize::try_from(v).unwrap_or(usize::MAX))
         }
     };
+    let (spec, permissions) = shared.get(&user.permissions);
+    user.permissions = spec.clone();
+    user.jwt = shared.intern(&user.jwt);
     Identity {
         user: user.user_key.clone(),
         name: user.user_name.clone(),
         account: user.account_key.clone(),
         account_name: user.account_name.clone(),
-        permissions: Arc::new(Permissions::compile(&user.permissions)),
-        spec: user.permissions.clone(),
+        permissions,
+        spec,
         max_subscriptions: limit(user.subs),
         max_payload: limit(user.payload),
         expires_at: user.expires_at,

@@ -6,7 +6,7 @@
 /// One user's permissions before compilation: nats-server's
 /// `permissions { publish, subscribe, allow_responses }` block or a user JWT's
 /// `pub` / `sub` / `resp`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PermissionSpec {
     /// `None`: no publish section at all (everything may be published).
     pub publish: Option<SubjectRules>,
@@ -18,7 +18,7 @@ pub struct PermissionSpec {
 }
 
 /// An allow list and a deny list of subject patterns.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SubjectRules {
     /// `None`: no allow list (everything not denied is allowed).
     /// `Some(vec![])`: an explicit, empty allow list (nothing is allowed).
@@ -28,7 +28,7 @@ pub struct SubjectRules {
 
 /// The response permission, with nats-server's raw values: the defaults are
 /// applied when compiling, exactly as nats-server applies them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ResponseSpec {
     /// Replies allowed per received request. 0 means the default (1);
     /// negative means unlimited.

@@ -61,7 +61,10 @@ pub async fn run(
     let span = info_span!("client", cid = client_id, addr = %peer, user = field::Empty, name = field::Empty, account = field::Empty);
     async move {
         let _ = client.set_nodelay(true);
-        if let Some(relay) = handshake(&shared, client, peer, client_id, &shutdown).await {
+        // Boxed: the handshake's state (upstream dialing, TLS) is large and
+        // only needed until login; the task keeps just the relay's.
+        let relay = Box::pin(handshake(&shared, client, peer, client_id, &shutdown)).await;
+        if let Some(relay) = relay {
             relay.run(&shutdown).await;
         }
     }
@@ -259,6 +262,10 @@ async fn handshake(
         }
     };
     debug!(server = upstream.server, "authenticated and relaying");
+    // The token is kept once, in the identity (a second CONNECT gets it back).
+    if identity.jwt.is_some() {
+        opts.jwt = None;
+    }
     let login = Login {
         opts,
         identity,

@@ -1,6 +1,6 @@
 //! The relay: both sockets of one session, driven by one task.
 //!
-//! Each readable event reads up to [`READ_SIZE`] bytes, parses every complete
+//! Each readable event reads 4 to 64 KiB (adapting to the traffic), parses every complete
 //! frame in them, and decides per frame. Frames that pass go on *verbatim*:
 //! consecutive passing frames form one run, which is handed to the other
 //! socket's queue as a slice of the read buffer (no copy). A frame that is
@@ -14,12 +14,13 @@
 //! Back-pressure: a side is not read while the queue it feeds holds more than
 //! [`HIGH_WATER`] bytes.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
@@ -40,8 +41,11 @@ use crate::upstream::UpstreamConn;
 
 /// The subject natsgate answers itself (spec 9.4).
 const USER_INFO: &[u8] = b"$SYS.REQ.USER.INFO";
-/// Bytes asked of the socket per read.
-const READ_SIZE: usize = 64 * 1024;
+/// The smallest and largest reads: reads grow while they fill the buffer
+/// and shrink when the traffic is light, as nats-server's read buffer does,
+/// so idle connections hold little and busy ones read 64 KiB at a time.
+const MIN_READ: usize = 4 * 1024;
+const MAX_READ: usize = 64 * 1024;
 /// A side is not read while the queue it feeds holds more than this.
 const HIGH_WATER: usize = 1024 * 1024;
 /// How long a queue may stay full before its peer is a slow consumer. Below
@@ -157,6 +161,12 @@ pub struct Relay {
     /// Set once shutdown began: when this session closes (spread over
     /// `shutdown_grace` so clients do not all reconnect at once).
     closing_at: Option<Instant>,
+    /// How much to read at a time from each side.
+    client_read: ReadSize,
+    upstream_read: ReadSize,
+    /// The one timer of the session, armed for `timer_at`.
+    timer: Pin<Box<Sleep>>,
+    timer_at: Instant,
     /// Since when the client's queue has been full (a slow consumer).
     client_full_since: Option<Instant>,
     /// Since when the upstream's queue has been full.
@@ -181,6 +191,7 @@ impl Relay {
             slot,
         } = login;
         let accounts = Some(shared.watch_accounts());
+        let next_ping = Instant::now() + PING_INTERVAL;
         let facts = shared.upstream.facts();
         let client_limits = ClientLimits {
             max_control_line: shared.settings.listen.max_control_line,
@@ -219,9 +230,13 @@ impl Relay {
             pings_in_flight: 0,
             pings_outstanding: 0,
             closing_at: None,
+            client_read: ReadSize::default(),
+            upstream_read: ReadSize::default(),
+            timer: Box::pin(sleep_until(next_ping)),
+            timer_at: next_ping,
             client_full_since: None,
             upstream_full_since: None,
-            next_ping: Instant::now() + PING_INTERVAL,
+            next_ping,
             accounts,
             _slot: slot,
         };
@@ -254,7 +269,6 @@ impl Relay {
         if let Err(end) = self.process_upstream() {
             return end;
         }
-        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         loop {
             if let Err(end) = self.flush() {
                 return end;
@@ -262,35 +276,31 @@ impl Relay {
             let read_client =
                 self.to_upstream.len() < HIGH_WATER && self.to_client.len() < HIGH_WATER;
             let read_upstream = self.to_client.len() < HIGH_WATER;
-            let expiry = self
-                .user_expiry
-                .unwrap_or(far)
-                .min(self.account_expiry.unwrap_or(far));
-            let stalled = self.stalled_deadline();
+            // One timer for every deadline, moved only when the earliest
+            // one changes (not re-armed per event).
+            let deadline = self.next_deadline();
+            if deadline != self.timer_at {
+                self.timer.as_mut().reset(deadline);
+                self.timer_at = deadline;
+            }
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if self.closing_at.is_none() => Event::Shutdown,
-                _ = sleep_until(self.closing_at.unwrap_or(far)), if self.closing_at.is_some() => Event::Closing,
                 r = self.client.readable(), if read_client => Event::ClientReadable(r.is_ok()),
                 r = self.upstream.readable(), if read_upstream => Event::UpstreamReadable(r.is_ok()),
                 r = self.client.writable(), if !self.to_client.is_empty() || self.client.wants_write() => Event::Writable(r.is_ok()),
                 r = self.upstream.writable(), if !self.to_upstream.is_empty() || self.upstream.wants_write() => Event::Writable(r.is_ok()),
-                _ = sleep_until(expiry) => Event::Expired,
-                _ = sleep_until(self.next_ping) => Event::PingTimer,
+                _ = &mut self.timer => Event::Timer,
                 r = changed(&mut self.accounts) => Event::AccountsChanged(r),
-                _ = sleep_until(stalled.unwrap_or(far)), if stalled.is_some() => Event::Stalled,
             };
             let result = match event {
                 Event::Shutdown => self.lame_duck(),
-                Event::Closing => return End::Shutdown,
                 Event::ClientReadable(true) => self.read_client(),
                 Event::UpstreamReadable(true) => self.read_upstream(),
                 Event::Writable(true) => Ok(()),
                 Event::ClientReadable(false) | Event::Writable(false) => return End::Client(None),
                 Event::UpstreamReadable(false) => return End::Upstream,
-                Event::Expired => return self.expired(),
-                Event::PingTimer => self.ping_client(),
-                Event::Stalled => return self.stalled(),
+                Event::Timer => self.on_timer(),
                 Event::AccountsChanged(ok) => self.recheck(ok),
             };
             if let Err(end) = result {
@@ -321,6 +331,44 @@ impl Relay {
         };
         full(self.to_client.len(), &mut self.client_full_since);
         full(self.to_upstream.len(), &mut self.upstream_full_since);
+        Ok(())
+    }
+
+    /// The earliest of the session's deadlines.
+    fn next_deadline(&self) -> Instant {
+        [
+            self.closing_at,
+            self.user_expiry,
+            self.account_expiry,
+            self.stalled_deadline(),
+            Some(self.next_ping),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(self.next_ping)
+    }
+
+    /// The timer fired: whichever deadlines have passed, in order of weight.
+    fn on_timer(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        if self.closing_at.is_some_and(|t| t <= now) {
+            return Err(End::Shutdown);
+        }
+        if self.user_expiry.is_some_and(|t| t <= now)
+            || self.account_expiry.is_some_and(|t| t <= now)
+        {
+            return Err(self.expired());
+        }
+        if self.stalled_deadline().is_some_and(|t| t <= now) {
+            return Err(self.stalled());
+        }
+        if self.next_ping <= now {
+            return self.ping_client();
+        }
+        // Nothing was due (the timer fired early): re-arm it next round, as
+        // an elapsed Sleep stays ready.
+        self.timer_at = now;
         Ok(())
     }
 
@@ -356,20 +404,26 @@ impl Relay {
     }
 
     fn read_client(&mut self) -> Result<(), End> {
-        self.client_in.reserve(READ_SIZE);
+        let asked = self.client_read.reserve(&mut self.client_in);
         match self.client.try_read_buf(&mut self.client_in) {
             Ok(0) => Err(End::Client(None)),
-            Ok(_) => self.process_client(),
+            Ok(n) => {
+                self.client_read.update(n, asked);
+                self.process_client()
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
             Err(_) => Err(End::Client(None)),
         }
     }
 
     fn read_upstream(&mut self) -> Result<(), End> {
-        self.upstream_in.reserve(READ_SIZE);
+        let asked = self.upstream_read.reserve(&mut self.upstream_in);
         match self.upstream.try_read_buf(&mut self.upstream_in) {
             Ok(0) => Err(End::Upstream),
-            Ok(_) => self.process_upstream(),
+            Ok(n) => {
+                self.upstream_read.update(n, asked);
+                self.process_upstream()
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
             Err(_) => Err(End::Upstream),
         }
@@ -395,7 +449,10 @@ impl Relay {
                     }
                     pos += len;
                 }
-                Ok(Parsed::Incomplete { .. }) => break,
+                Ok(Parsed::Incomplete { needed }) => {
+                    self.client_read.expect(needed);
+                    break;
+                }
                 Err(e) => {
                     debug!(error = e.reason(), "client protocol error");
                     failure = Some(End::Client(e.error_text().map(Bytes::from_static)));
@@ -565,6 +622,11 @@ impl Relay {
     /// re-authenticated against the original nonce; the subscriptions go.
     fn reconnect(&mut self, json: &[u8], pieces: &mut Pieces) -> Result<(), End> {
         let mut opts = self.opts.clone();
+        // A CONNECT without `jwt` re-authenticates with the one presented
+        // before (spec 2.7); the relay keeps it only in the identity.
+        if opts.jwt.is_none() {
+            opts.jwt = self.identity.jwt.as_ref().map(|u| u.jwt.to_string());
+        }
         if opts.merge_json(json).is_err() {
             return Err(End::Client(None));
         }
@@ -657,7 +719,10 @@ impl Relay {
                     self.upstream_op(op, pos, len, &mut pieces, now);
                     pos += len;
                 }
-                Ok(Parsed::Incomplete { .. }) => break,
+                Ok(Parsed::Incomplete { needed }) => {
+                    self.upstream_read.expect(needed);
+                    break;
+                }
                 Err(e) => {
                     debug!(error = e.reason(), "upstream protocol error");
                     failure = Some(End::Upstream);
@@ -904,15 +969,54 @@ impl Relay {
     }
 }
 
+/// The adaptive read size of one side.
+#[derive(Debug)]
+struct ReadSize {
+    size: usize,
+    /// The length the buffer must reach to hold the frame being read.
+    frame_end: Option<usize>,
+}
+
+impl Default for ReadSize {
+    fn default() -> Self {
+        ReadSize {
+            size: MIN_READ,
+            frame_end: None,
+        }
+    }
+}
+
+impl ReadSize {
+    /// Makes room in `buf` for the next read; returns the room made.
+    fn reserve(&mut self, buf: &mut BytesMut) -> usize {
+        let frame_rest = self
+            .frame_end
+            .take()
+            .map_or(0, |end| end.saturating_sub(buf.len()));
+        buf.reserve(self.size.max(frame_rest));
+        buf.capacity() - buf.len()
+    }
+
+    fn update(&mut self, read: usize, asked: usize) {
+        if read >= asked {
+            self.size = (self.size * 2).min(MAX_READ);
+        } else if read < asked / 4 {
+            self.size = (self.size / 2).max(MIN_READ);
+        }
+    }
+
+    /// The frame in progress ends at `end` bytes of the buffer.
+    fn expect(&mut self, end: Option<usize>) {
+        self.frame_end = end;
+    }
+}
+
 enum Event {
     Shutdown,
     ClientReadable(bool),
     UpstreamReadable(bool),
     Writable(bool),
-    Expired,
-    PingTimer,
-    Closing,
-    Stalled,
+    Timer,
     AccountsChanged(bool),
 }
 

@@ -8,6 +8,7 @@
 pub mod gate;
 pub mod jwt;
 pub mod keys;
+pub mod process;
 pub mod raw;
 pub mod server;
 

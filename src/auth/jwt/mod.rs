@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::auth::nkey::SignatureError;
@@ -55,7 +56,7 @@ pub struct JwtUser {
     pub tags: Vec<String>,
     /// Effective: from the JWT, or the scope template, or the account's
     /// `default_permissions` when the JWT has none (4.1).
-    pub permissions: PermissionSpec,
+    pub permissions: Arc<PermissionSpec>,
     /// Effective subscription limit, min of user (or template) and account;
     /// -1 unlimited. The server `max_subscriptions` is applied by the caller.
     pub subs: i64,
@@ -72,7 +73,7 @@ pub struct JwtUser {
     pub account_expires_at: Option<SystemTime>,
     pub is_system_account: bool,
     /// The presented token (kept for USER.INFO and rechecks).
-    pub jwt: String,
+    pub jwt: Arc<str>,
 }
 
 /// A failed JWT login. On the wire it is always `Authorization Violation`;

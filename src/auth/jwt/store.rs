@@ -199,7 +199,7 @@ impl TrustStore {
             (a, b) => a.or(b),
         };
         Ok(JwtUser {
-            permissions: permissions_of(&limits, &account.default_permissions),
+            permissions: Arc::new(permissions_of(&limits, &account.default_permissions)),
             subs: min_limit(limits.subs, account.limits.subs),
             payload: min_limit(limits.payload, account.limits.payload),
             bearer: limits.bearer_token,
@@ -213,7 +213,7 @@ impl TrustStore {
             issued_at: user.issued_at,
             tags: user.nats.generic.tags,
             user_key: user.subject,
-            jwt: login.jwt.to_owned(),
+            jwt: Arc::from(login.jwt),
         })
     }
 
@@ -232,7 +232,7 @@ impl TrustStore {
         // Signing key removed or scope changed: silent close.
         match effective_limits(&claims, account) {
             Ok(limits) => {
-                if permissions_of(&limits, &account.default_permissions) != user.permissions
+                if permissions_of(&limits, &account.default_permissions) != *user.permissions
                     && has_scope(account, &claims.issuer)
                 {
                     return Err(Disconnect::AuthenticationFailure);

