@@ -496,3 +496,51 @@ async fn a_client_that_does_not_read_is_closed_as_a_slow_consumer() {
     other.connect_nkey(&kp, json!({})).await;
     assert_eq!(other.flush().await, vec![]);
 }
+
+/// Two upstream servers: when the one in use dies, its clients are closed
+/// within a second and get back in through natsgate, which now picks the
+/// other server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_upstream_server_fails_over_to_the_next() {
+    let mut first = upstream();
+    let second = upstream();
+    let kp = keys::new_user();
+    let toml = format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n\n[upstream]\nservers = [{}, {}]\nuser = \"gate\"\npassword = {}\n\n{}",
+        quote_toml(&first.url()),
+        quote_toml(&second.url()),
+        quote_toml(PASSWORD),
+        user_toml(&kp, "a", "")
+    );
+    let gate = Gate::start(&toml);
+    let mut c = RawClient::connect(gate.addr()).await;
+    c.connect_nkey(&kp, json!({"name": "before-failover"}))
+        .await;
+    assert_eq!(c.flush().await, vec![]);
+    assert!(
+        first.log().contains("before-failover"),
+        "the first server is used first"
+    );
+
+    first.stop();
+    let stopped = Instant::now();
+    c.set_timeout(Duration::from_secs(1));
+    c.expect_closed().await;
+    let closed_after = stopped.elapsed();
+    assert!(
+        closed_after < Duration::from_secs(1),
+        "closed {closed_after:?} after the server died"
+    );
+
+    let mut again = RawClient::connect(gate.addr()).await;
+    again
+        .connect_nkey(&kp, json!({"name": "after-failover"}))
+        .await;
+    assert_eq!(again.flush().await, vec![]);
+    let recovered_after = stopped.elapsed();
+    assert!(
+        second.log().contains("after-failover"),
+        "the client came back through the second server"
+    );
+    eprintln!("failover: client closed after {closed_after:?}, back in after {recovered_after:?}");
+}
