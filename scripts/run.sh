@@ -73,7 +73,7 @@ if [[ ! -x "$VENV/bin/nats-server" ]]; then
 fi
 
 # 2. natsgate.
-cargo build --release
+cargo build --release --locked --bin natsgate
 GATE_BIN="${CARGO_TARGET_DIR:-target}/release/natsgate"
 "$GATE_BIN" check --config config/natsgate.toml >/dev/null
 
