@@ -78,7 +78,7 @@ GATE_BIN="${CARGO_TARGET_DIR:-target}/release/natsgate"
 "$GATE_BIN" check --config config/natsgate.toml >/dev/null
 
 # 3. Both ports must be free.
-for port in "$UPSTREAM_PORT" "$GATE_PORT"; do
+for port in "$UPSTREAM_PORT" "$GATE_PORT" 7777; do
     if listening "$port"; then
         die "$HOST:$port is already taken (another nats-server or natsgate?); stop it and run again"
     fi
@@ -96,7 +96,7 @@ wait_listening "$NATS_PID" "$UPSTREAM_PORT" nats-server
 GATE_PID=$!
 wait_listening "$GATE_PID" "$GATE_PORT" natsgate
 
-echo "run.sh: ready. Connect to nats://$HOST:$GATE_PORT as alice with the example-only NKey seed config/users/alice.nk, e.g. nats --server nats://$HOST:$GATE_PORT --nkey config/users/alice.nk sub 'orders.>', or from $VENV/bin/python: await nats.connect('nats://$HOST:$GATE_PORT', nkeys_seed='config/users/alice.nk'). Ctrl-C stops both."
+echo "run.sh: ready. Connect to nats://$HOST:$GATE_PORT as alice with the example-only NKey seed config/users/alice.nk (nats --server nats://$HOST:$GATE_PORT --nkey config/users/alice.nk sub 'orders.>'), or as a JWT user with deploy/natsgate/creds/joe.creds (nats --creds deploy/natsgate/creds/joe.creds ...; from $VENV/bin/python: await nats.connect('nats://$HOST:$GATE_PORT', user_credentials='deploy/natsgate/creds/joe.creds')). Metrics: http://$HOST:7777/metrics, health: http://$HOST:7777/healthz. Ctrl-C stops both."
 
 # 5. Until Ctrl-C, or until one of them exits.
 set +e
