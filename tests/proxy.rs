@@ -544,3 +544,47 @@ async fn a_dead_upstream_server_fails_over_to_the_next() {
     );
     eprintln!("failover: client closed after {closed_after:?}, back in after {recovered_after:?}");
 }
+
+/// At `max_connections`, a new client gets natsgate's INFO, then
+/// `-ERR 'maximum connections exceeded'`, then the close (spec 1.2); a slot
+/// that frees up is usable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_refuses_with_nats_servers_error() {
+    let upstream = upstream();
+    let kp = keys::new_user();
+    let gate = Gate::start(&gate_toml(
+        &upstream,
+        "max_connections = 2",
+        &user_toml(&kp, "a", ""),
+    ));
+    let mut first = RawClient::connect(gate.addr()).await;
+    first.connect_nkey(&kp, json!({})).await;
+    first.flush().await;
+    let mut second = RawClient::connect(gate.addr()).await;
+    second.connect_nkey(&kp, json!({})).await;
+    second.flush().await;
+    let mut third = RawClient::connect(gate.addr()).await;
+    assert!(
+        third.info().get("nonce").is_none(),
+        "a refused connection gets no challenge"
+    );
+    assert_eq!(
+        third.expect_closed().await,
+        vec![Frame::err("maximum connections exceeded")]
+    );
+    first.close().await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let mut again = RawClient::connect(gate.addr()).await;
+        if again.nonce().is_some() {
+            again.connect_nkey(&kp, json!({})).await;
+            assert_eq!(again.flush().await, vec![]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed slot was never given out again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
