@@ -6,14 +6,12 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::process::spawn_gate_binary_at;
 use support::{Frame, NatsServer, RawClient, ReadError, keys, quote_toml};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -428,94 +426,6 @@ async fn healthz_follows_the_upstream() {
 
 // === the binary ===
 
-/// The natsgate binary as a child process: killed and reaped on drop; its
-/// stderr collected line by line.
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn start(config: &Path) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_natsgate"))
-            .arg("--config")
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn natsgate");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Proc { child, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_lines(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn log(&self) -> String {
-        self.log_lines().join("\n")
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    /// Waits for the `natsgate listening addr=...` log line.
-    async fn listen_addr(&mut self) -> SocketAddr {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            for line in self.log_lines() {
-                if !line.contains("natsgate listening") {
-                    continue;
-                }
-                let addr = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("addr="))
-                    .unwrap_or_else(|| panic!("no addr= in {line:?}"));
-                return addr.parse().unwrap_or_else(|e| panic!("{addr:?}: {e}"));
-            }
-            if let Some(status) = self.exited() {
-                panic!("natsgate exited at start ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "natsgate did not log `natsgate listening` within 10s:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(STEP).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Writes `text` to `path` atomically (a reload never sees half a file).
 fn write_config(path: &Path, text: &str) {
     let tmp: PathBuf = path.with_extension("tmp");
@@ -538,8 +448,8 @@ async fn sigterm_drains_with_lame_duck_and_exits_zero() {
             &user_toml(&user, "svc", "", ""),
         ),
     );
-    let mut gate = Proc::start(&config);
-    let addr = gate.listen_addr().await;
+    let mut gate = spawn_gate_binary_at(&config, None);
+    let addr = gate.addr;
     let mut clients = [login(addr, &user).await, login(addr, &user).await];
 
     let sent = Instant::now();
@@ -637,8 +547,8 @@ async fn sighup_reloads_the_config_without_dropping_connections() {
             &user_toml(&a, "a", "", "publish = [\"a.>\"]"),
         ),
     );
-    let mut gate = Proc::start(&config);
-    let addr = gate.listen_addr().await;
+    let mut gate = spawn_gate_binary_at(&config, None);
+    let addr = gate.addr;
     let mut conn_a = login(addr, &a).await;
     assert_eq!(publish(&mut conn_a, "a.x").await, vec![]);
     assert!(try_login(addr, &b).await.is_err(), "B is not a user yet");

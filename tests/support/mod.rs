@@ -5,6 +5,7 @@
 //! Use from a test file with `mod support;`.
 #![allow(dead_code, unused_imports)]
 
+pub mod diff;
 pub mod gate;
 pub mod jwt;
 pub mod keys;
