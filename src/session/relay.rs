@@ -681,11 +681,12 @@ impl Relay {
     /// reply goes to this connection's subscriptions that match it.
     fn answer_user_info(&mut self, reply: &[u8], pieces: &mut Pieces, now: std::time::Instant) {
         let payload = self.shared.user_info_json(&self.identity);
-        for (sid, queue) in self.subs.matching(reply) {
-            if !self
-                .authz
-                .filter_delivery(reply, queue.as_deref(), None, now)
-            {
+        for (sid, _) in self.subs.matching(reply) {
+            let authz = &mut self.authz;
+            let delivery = self
+                .subs
+                .deliver(&sid, |queue| authz.filter_delivery(reply, queue, None, now));
+            if matches!(delivery, Delivery::Unknown | Delivery::Filtered) {
                 continue;
             }
             let mut frame = Vec::with_capacity(reply.len() + sid.len() + payload.len() + 32);
@@ -697,7 +698,7 @@ impl Relay {
             frame.extend_from_slice(&payload);
             frame.extend_from_slice(b"\r\n");
             self.to_client.push_vec(frame);
-            if self.subs.deliver(&sid) == Delivery::DeliverLast {
+            if delivery == Delivery::DeliverLast {
                 pieces.made(unsub_frame(&sid));
             }
         }
@@ -773,16 +774,14 @@ impl Relay {
                 total_len: payload_len,
                 ..
             } => {
-                let Some(queue) = self.subs.queue(sid) else {
-                    trace!("delivery for a sid the client has left");
-                    return;
-                };
-                if !self.authz.filter_delivery(subject, queue, reply, now) {
-                    trace!(subject = %String::from_utf8_lossy(subject), "delivery filtered");
-                    return;
-                }
-                match self.subs.deliver(sid) {
-                    Delivery::Unknown => {}
+                let authz = &mut self.authz;
+                match self.subs.deliver(sid, |queue| {
+                    authz.filter_delivery(subject, queue, reply, now)
+                }) {
+                    Delivery::Unknown => trace!("delivery for a sid the client has left"),
+                    Delivery::Filtered => {
+                        trace!(subject = %String::from_utf8_lossy(subject), "delivery filtered");
+                    }
                     Delivery::Deliver => {
                         pieces.pass(pos, pos + len);
                         pieces.count(payload_len);

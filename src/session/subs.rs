@@ -30,6 +30,8 @@ pub struct Subscriptions {
 pub enum Delivery {
     /// Not subscribed (any more): drop the message.
     Unknown,
+    /// Subscribed, but nats-server would not have delivered it: drop it.
+    Filtered,
     /// Deliver it.
     Deliver,
     /// Deliver it; it was the last one: tell the upstream to unsubscribe.
@@ -43,10 +45,6 @@ impl Subscriptions {
 
     pub fn contains(&self, sid: &[u8]) -> bool {
         self.by_sid.contains_key(sid)
-    }
-
-    pub fn queue(&self, sid: &[u8]) -> Option<Option<&[u8]>> {
-        self.by_sid.get(sid).map(|s| s.queue.as_deref())
     }
 
     pub fn insert(&mut self, sid: &[u8], subject: &[u8], queue: Option<&[u8]>) {
@@ -115,11 +113,16 @@ impl Subscriptions {
         }
     }
 
-    /// Counts one delivery on `sid`.
-    pub fn deliver(&mut self, sid: &[u8]) -> Delivery {
+    /// One delivery on `sid`: `accept` (given the subscription's queue)
+    /// decides whether nats-server would deliver it; accepted deliveries are
+    /// counted (filtered ones are not, spec 4.5). One lookup per message.
+    pub fn deliver(&mut self, sid: &[u8], accept: impl FnOnce(Option<&[u8]>) -> bool) -> Delivery {
         let Some(sub) = self.by_sid.get_mut(sid) else {
             return Delivery::Unknown;
         };
+        if !accept(sub.queue.as_deref()) {
+            return Delivery::Filtered;
+        }
         sub.delivered += 1;
         match sub.max {
             Some(max) if sub.delivered >= max => {
@@ -139,15 +142,20 @@ mod tests {
     fn auto_unsubscribe_counts_deliveries() {
         let mut subs = Subscriptions::default();
         subs.insert(b"1", b"s", None);
-        assert_eq!(subs.deliver(b"1"), Delivery::Deliver);
+        assert_eq!(subs.deliver(b"1", |_| true), Delivery::Deliver);
         // Already one delivered: max 1 removes at once, as nats-server does.
         assert!(!subs.limit(b"1", b"1"));
-        assert_eq!(subs.deliver(b"1"), Delivery::Unknown);
+        assert_eq!(subs.deliver(b"1", |_| true), Delivery::Unknown);
 
         subs.insert(b"2", b"s", Some(b"q"));
         assert!(subs.limit(b"2", b"2"));
-        assert_eq!(subs.deliver(b"2"), Delivery::Deliver);
-        assert_eq!(subs.deliver(b"2"), Delivery::DeliverLast);
+        assert_eq!(
+            subs.deliver(b"2", |q| q != Some(b"q")),
+            Delivery::Filtered,
+            "filtered: not counted"
+        );
+        assert_eq!(subs.deliver(b"2", |_| true), Delivery::Deliver);
+        assert_eq!(subs.deliver(b"2", |_| true), Delivery::DeliverLast);
         assert!(!subs.contains(b"2"));
 
         subs.insert(b"3", b"s", None);
