@@ -19,9 +19,9 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Jwt(#[from] JwtLoadError),
-    /// A setting that cannot be used (e.g. a TLS certificate).
-    #[error("{0}")]
-    Unsupported(String),
+    /// A TLS certificate, key or CA that cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -407,8 +407,7 @@ pub async fn run_with_listeners(
     })?;
     let grace = settings.listen.shutdown_grace;
     let max_connections = settings.listen.max_connections;
-    let shared = Shared::new(settings, authenticator, local, Metrics::new())
-        .map_err(|e| Error::Unsupported(e.to_string()))?;
+    let shared = Shared::new(settings, authenticator, local, Metrics::new())?;
     let shared = Arc::new(shared);
     if !shared.upstream.probe().await {
         warn!("no upstream server reachable at start; clients will be refused until one is");
