@@ -67,6 +67,21 @@ impl Pki {
     fn toml_path(&self, name: &str) -> String {
         quote_toml(self.path(name).to_str().unwrap())
     }
+
+    /// natsgate's `[listen.tls]` with the server certificate, plus `extra`
+    /// lines (e.g. `ca_file`, `handshake_first`).
+    fn listen_tls(&self, extra: &str) -> String {
+        format!(
+            "[listen.tls]\ncert_file = {}\nkey_file = {}\n{extra}",
+            self.toml_path("server.pem"),
+            self.toml_path("server-key.pem"),
+        )
+    }
+
+    /// `ca_file = ...`: clients must present a certificate signed by the CA.
+    fn ca_line(&self) -> String {
+        format!("ca_file = {}", self.toml_path("ca.pem"))
+    }
 }
 
 fn plain_upstream() -> NatsServer {
@@ -113,12 +128,7 @@ async fn async_nats_over_tls_with_a_client_certificate() {
     let pki = Pki::new();
     let upstream = plain_upstream();
     let (a, b) = (keys::new_user(), keys::new_user());
-    let listen = format!(
-        "[listen.tls]\ncert_file = {}\nkey_file = {}\nca_file = {}",
-        pki.toml_path("server.pem"),
-        pki.toml_path("server-key.pem"),
-        pki.toml_path("ca.pem")
-    );
+    let listen = pki.listen_tls(&pki.ca_line());
     let gate = Gate::start(&gate_toml(&upstream.url(), &listen, "", &a, &b));
 
     // The INFO comes in clear and says TLS (and a client certificate) is required.
@@ -158,11 +168,7 @@ async fn handshake_first() {
     let pki = Pki::new();
     let upstream = plain_upstream();
     let (a, b) = (keys::new_user(), keys::new_user());
-    let listen = format!(
-        "[listen.tls]\ncert_file = {}\nkey_file = {}\nhandshake_first = true",
-        pki.toml_path("server.pem"),
-        pki.toml_path("server-key.pem"),
-    );
+    let listen = pki.listen_tls("handshake_first = true");
     let gate = Gate::start(&gate_toml(&upstream.url(), &listen, "", &a, &b));
     let url = format!("tls://localhost:{}", gate.addr().port());
     let connect = |kp: &nkeys::KeyPair| {
@@ -215,12 +221,7 @@ async fn nats_py_over_tls() {
     let pki = Pki::new();
     let upstream = plain_upstream();
     let (a, b) = (keys::new_user(), keys::new_user());
-    let listen = format!(
-        "[listen.tls]\ncert_file = {}\nkey_file = {}\nca_file = {}",
-        pki.toml_path("server.pem"),
-        pki.toml_path("server-key.pem"),
-        pki.toml_path("ca.pem")
-    );
+    let listen = pki.listen_tls(&pki.ca_line());
     let gate = Gate::start(&gate_toml(&upstream.url(), &listen, "", &a, &b));
     let seed = keys::write_seed(pki.dir.path(), "a", &a);
     let script = format!(
@@ -286,9 +287,9 @@ async fn the_auth_timeout_covers_the_tls_handshake() {
     let upstream = plain_upstream();
     let (a, b) = (keys::new_user(), keys::new_user());
     let listen = format!(
-        "auth_timeout = \"300ms\"\n[listen.tls]\ncert_file = {}\nkey_file = {}",
-        pki.toml_path("server.pem"),
-        pki.toml_path("server-key.pem"),
+        "auth_timeout = \"300ms\"
+{}",
+        pki.listen_tls("")
     );
     let gate = Gate::start(&gate_toml(&upstream.url(), &listen, "", &a, &b));
     let mut silent = RawClient::connect(gate.addr()).await;
