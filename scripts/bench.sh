@@ -17,7 +17,7 @@ PYTHON=${PYTHON:-python3}
 # also raises its soft limit to the hard limit itself).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-cargo build --release --bin natsgate --bin natsgate-bench
+cargo build --release --features test-support --bin natsgate --bin natsgate-bench
 target_dir=$(cargo metadata --format-version 1 --no-deps |
     "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 exec "$target_dir/release/natsgate-bench" --natsgate "$target_dir/release/natsgate" "$@"

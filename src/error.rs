@@ -1,15 +1,8 @@
-//! The top-level error, tagged with the side that caused it.
+//! The error that stops natsgate at start-up: a config, JWT, TLS or I/O
+//! problem, each naming what is at fault.
 
 use crate::auth::jwt::JwtLoadError;
 use crate::config::ConfigError;
-
-/// Which side of the proxy a failure came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    Upstream,
-    Internal,
-}
 
 /// An error that stops natsgate (start-up or fatal runtime failure).
 #[derive(Debug, thiserror::Error)]
@@ -28,10 +21,4 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-}
-
-impl Error {
-    pub fn side(&self) -> Side {
-        Side::Internal
-    }
 }

@@ -8,27 +8,46 @@
 //!
 //! # Layout
 //!
+//! Imports only point down this list (`python3 scripts/layers.py` checks it).
+//!
+//! - [`service`]: starts everything and waits for the end. Owns no state.
+//! - [`error`]: the error that stops natsgate at start-up.
+//! - [`listener`]: accepts, applies `max_connections`, refuses, spawns a
+//!   session. Not: what a session does.
+//! - [`reload`]: SIGHUP and the `accounts_dir` poll, applied to the gate.
+//!   Not: how a session reacts (it re-checks itself).
+//! - [`session`]: one client connection from INFO to close: handshake,
+//!   relay, order of replies, drain on close. Not: shared state.
+//! - [`gate`]: what sessions share: settings, the authenticator swap,
+//!   upstream pool, metrics, account counts, INFO. Not: any connection.
+//! - [`upstream`]: dialing and logging in to the nats-server. Not: relaying.
+//! - [`metrics`]: every series and the HTTP endpoints. Not: when to count.
+//! - [`auth`]: nonce, NKey signatures, the JWT chain. Not: the wire.
+//! - [`tls`]: rustls configurations from the settings. Not: the handshake.
 //! - [`config`]: the TOML file model, validated into [`config::Settings`].
-//! - [`protocol`]: the NATS wire protocol, both directions, with no I/O.
-//! - [`auth`]: the nonce challenge, NKey signatures and the JWT chain.
 //! - [`permissions`]: nats-server's permission semantics as pure functions.
-//! - [`session`]: one client connection and its upstream connection.
-//! - [`upstream`]: dialing and logging in to the nats-server.
-//! - [`listener`]: the accept loop and the state sessions share.
-//! - [`accounts`]: account JWT updates at runtime.
+//! - [`protocol`]: the NATS wire protocol, parsed and encoded, with no I/O.
+//! - [`transport`]: a socket (plain or TLS) driven without blocking, and its
+//!   output queue. Not: what the bytes mean.
+//! - [`shutdown`]: stop signals and the grace period.
 
-pub mod accounts;
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod gate;
 pub mod listener;
 pub mod metrics;
 pub mod permissions;
 pub mod protocol;
+pub mod reload;
+pub mod service;
 pub mod session;
+pub mod shutdown;
 pub mod tls;
 pub mod transport;
 pub mod upstream;
 
 pub use error::Error;
-pub use listener::{run, run_with_listeners};
+pub use service::{run, run_with_listeners};

@@ -6,10 +6,10 @@
 //! cannot be bound, or the proxy fails. Usage errors exit 2 (clap's
 //! convention).
 //!
-//! Signals (handled once the proxy runs):
-//! - SIGTERM, SIGINT: graceful shutdown (cancel the token the proxy watches).
-//!   A second SIGTERM/SIGINT during the shutdown exits at once, with status 1.
-//! - SIGHUP: reload (for now only logged; the reload comes in a later change).
+//! Signals (handled once the proxy runs): SIGTERM and SIGINT shut down
+//! gracefully ([`natsgate::shutdown`]), SIGHUP reloads ([`natsgate::reload`]).
+
+#![forbid(unsafe_code)]
 
 use std::io::{IsTerminal, Write};
 use std::net::TcpListener as StdTcpListener;
@@ -18,7 +18,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -250,7 +249,7 @@ fn run(settings: Settings) -> ExitCode {
         tracing::debug!(addr = %local, "listen socket bound");
 
         let shutdown = CancellationToken::new();
-        tokio::spawn(handle_signals(shutdown.clone()));
+        tokio::spawn(natsgate::shutdown::on_stop_signals(shutdown.clone()));
         natsgate::run(settings, listener, shutdown)
             .await
             .map_err(|e| e.to_string())
@@ -268,39 +267,6 @@ fn run(settings: Settings) -> ExitCode {
             tracing::error!(error = %reason, "stopped with an error");
             fail(reason)
         }
-    }
-}
-
-/// SIGTERM/SIGINT cancel `shutdown` (a second one exits at once); SIGHUP
-/// asks for a reload.
-async fn handle_signals(shutdown: CancellationToken) {
-    let (mut terminate, mut interrupt, mut hangup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(terminate), Ok(interrupt), Ok(hangup)) => (terminate, interrupt, hangup),
-        _ => {
-            tracing::error!("cannot install signal handlers; stop natsgate with SIGKILL");
-            return;
-        }
-    };
-    loop {
-        let name = tokio::select! {
-            _ = terminate.recv() => "SIGTERM",
-            _ = interrupt.recv() => "SIGINT",
-            _ = hangup.recv() => {
-                // The reload itself is done by the library's watcher
-                // (`natsgate::accounts`), which listens for SIGHUP too.
-                continue;
-            }
-        };
-        if shutdown.is_cancelled() {
-            tracing::warn!(signal = name, "second stop signal, exiting now");
-            std::process::exit(1);
-        }
-        tracing::info!(signal = name, "shutdown requested");
-        shutdown.cancel();
     }
 }
 

@@ -21,6 +21,7 @@
 //! | `natsgate_upstream_connect_failures_total` | counter | |
 //! | `natsgate_upstream_up` | gauge | |
 //! | `natsgate_slow_consumers_total` | counter | |
+//! | `natsgate_drain_timeouts_total` | counter | `side` |
 //!
 //! Every label takes values from a bounded set: `reason` is a `&'static str`
 //! from the auth code, `kind` and `direction` are fixed, and `account` is
@@ -61,6 +62,24 @@ pub enum Direction {
     ClientToUpstream,
     /// MSG/HMSG (and other server ops) delivered to the client.
     UpstreamToClient,
+}
+
+/// Which side kept a close from finishing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stuck {
+    /// The client did not read what natsgate owed it.
+    Client,
+    /// The upstream did not read, or did not answer natsgate's last PING.
+    Upstream,
+}
+
+impl Stuck {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stuck::Client => "client",
+            Stuck::Upstream => "upstream",
+        }
+    }
 }
 
 impl Direction {
@@ -135,6 +154,18 @@ impl Metrics {
             "Clients disconnected because they did not keep up with their deliveries.",
         )
         .expect("static metric name and help are valid");
+        let drain_timeouts = IntCounterVec::new(
+            Opts::new(
+                "natsgate_drain_timeouts_total",
+                "Closes that gave up before everything accepted was delivered, \
+                 because this side did not read or answer within the drain timeout.",
+            ),
+            &["side"],
+        )
+        .expect("static metric name and help are valid");
+        for side in [Stuck::Client, Stuck::Upstream] {
+            drain_timeouts.with_label_values(&[side.as_str()]);
+        }
 
         for collector in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
@@ -146,6 +177,7 @@ impl Metrics {
             Box::new(upstream_connect_failures.clone()),
             Box::new(upstream_up.clone()),
             Box::new(slow_consumers.clone()),
+            Box::new(drain_timeouts.clone()),
         ] {
             registry
                 .register(collector)
@@ -175,6 +207,7 @@ impl Metrics {
                 upstream_connect_failures,
                 upstream_up,
                 slow_consumers,
+                drain_timeouts,
             }),
         }
     }
@@ -191,10 +224,12 @@ impl Metrics {
         self.inner.connections.dec();
     }
 
-    /// A client failed to authenticate. `reason` is one of the auth code's
-    /// bounded labels (`"signature_not_verified"`, `"timeout"`, ...).
-    pub fn auth_failed(&self, reason: &'static str) {
-        self.inner.auth_failures.with_label_values(&[reason]).inc();
+    /// A client failed to authenticate; the label is the reason's.
+    pub fn auth_failed(&self, reason: crate::auth::Reason) {
+        self.inner
+            .auth_failures
+            .with_label_values(&[reason.label()])
+            .inc();
     }
 
     /// A PUB/HPUB was denied. `account` is the account's name.
@@ -226,6 +261,15 @@ impl Metrics {
     /// A client was disconnected as a slow consumer.
     pub fn slow_consumer(&self) {
         self.inner.slow_consumers.inc();
+    }
+
+    /// A close stopped waiting for `side` to take (or answer) what natsgate
+    /// had accepted.
+    pub fn drain_timed_out(&self, side: Stuck) {
+        self.inner
+            .drain_timeouts
+            .with_label_values(&[side.as_str()])
+            .inc();
     }
 
     /// `messages` frames of `bytes` bytes in total were relayed in
@@ -377,6 +421,7 @@ struct Inner {
     upstream_connect_failures: IntCounter,
     upstream_up: IntGauge,
     slow_consumers: IntCounter,
+    drain_timeouts: IntCounterVec,
 }
 
 impl Inner {
@@ -524,7 +569,7 @@ mod tests {
     fn every_series_has_help_and_type() {
         let m = Metrics::new();
         // Vec series only appear once a label value exists.
-        m.auth_failed("timeout");
+        m.auth_failed(crate::auth::Reason::Timeout);
         m.publish_denied("APP");
         let text = m.render();
         for name in [
@@ -537,6 +582,7 @@ mod tests {
             "natsgate_upstream_connect_failures_total",
             "natsgate_upstream_up",
             "natsgate_slow_consumers_total",
+            "natsgate_drain_timeouts_total",
         ] {
             assert!(text.contains(&format!("# HELP {name} ")), "{name}:\n{text}");
             assert!(text.contains(&format!("# TYPE {name} ")), "{name}:\n{text}");
@@ -570,9 +616,11 @@ mod tests {
     #[test]
     fn auth_failures_by_reason() {
         let m = Metrics::new();
-        m.auth_failed("signature_not_verified");
-        m.auth_failed("timeout");
-        m.auth_failed("timeout");
+        m.auth_failed(crate::auth::Reason::Signature(
+            crate::auth::nkey::SignatureError::NotVerified,
+        ));
+        m.auth_failed(crate::auth::Reason::Timeout);
+        m.auth_failed(crate::auth::Reason::Timeout);
         let name = "natsgate_auth_failures_total";
         assert_eq!(value(&m, name, &[("reason", "timeout")]), Some(2.0));
         assert_eq!(
@@ -645,6 +693,15 @@ mod tests {
         m.upstream_connect_failed();
         m.upstream_up(true);
         m.slow_consumer();
+        m.drain_timed_out(Stuck::Upstream);
+        assert_eq!(
+            value(&m, "natsgate_drain_timeouts_total", &[("side", "upstream")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&m, "natsgate_drain_timeouts_total", &[("side", "client")]),
+            Some(0.0)
+        );
         assert_eq!(
             value(&m, "natsgate_upstream_connect_failures_total", &[]),
             Some(2.0)
@@ -709,7 +766,7 @@ mod tests {
         let healthy = Arc::new(AtomicBool::new(true));
         let (addr, metrics, shutdown, task) = start(healthy.clone()).await;
         metrics.connection_opened();
-        metrics.auth_failed("unknown_user");
+        metrics.auth_failed(crate::auth::Reason::UnknownUser);
 
         let (status, head, body) = get(addr, "GET", "/metrics").await;
         assert_eq!(status, 200);

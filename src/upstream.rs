@@ -29,7 +29,7 @@ use crate::transport::Transport;
 /// What the client asked for that the upstream connection must carry
 /// (spec 9.9: every default set explicitly).
 #[derive(Clone, Debug)]
-pub struct LoginOptions {
+pub struct UpstreamOptions {
     pub echo: bool,
     pub headers: bool,
     pub no_responders: bool,
@@ -39,9 +39,9 @@ pub struct LoginOptions {
     pub version: Option<String>,
 }
 
-impl LoginOptions {
-    pub fn from_client(opts: &ConnectOptions) -> LoginOptions {
-        LoginOptions {
+impl UpstreamOptions {
+    pub fn from_client(opts: &ConnectOptions) -> UpstreamOptions {
+        UpstreamOptions {
             echo: opts.echo,
             headers: opts.headers,
             no_responders: opts.no_responders,
@@ -171,7 +171,7 @@ impl UpstreamPool {
     pub async fn connect(
         &self,
         credential: &Credential,
-        login: &LoginOptions,
+        login: &UpstreamOptions,
     ) -> Result<UpstreamConn, UpstreamError> {
         let mut last_error = None;
         for index in self.order() {
@@ -223,7 +223,7 @@ impl UpstreamPool {
         &self,
         server: &ServerAddr,
         credential: &Credential,
-        login: &LoginOptions,
+        login: &UpstreamOptions,
     ) -> Result<(Transport, UpstreamInfo, BytesMut), UpstreamError> {
         let url = &server.url;
         let mut tcp = TcpStream::connect((server.host.as_str(), server.port))
@@ -255,10 +255,7 @@ impl UpstreamPool {
                 Either::Left(tcp)
             };
         let connect = connect_json(credential, login, info.nonce.as_deref())?;
-        let mut out = Vec::with_capacity(connect.len() + 16);
-        out.extend_from_slice(b"CONNECT ");
-        out.extend_from_slice(connect.as_bytes());
-        out.extend_from_slice(b"\r\nPING\r\n");
+        let out = crate::protocol::encode::connect(&connect, true);
         stream
             .write_all(&out)
             .await
@@ -267,7 +264,7 @@ impl UpstreamPool {
                 source,
             })?;
         let limits = ServerLimits {
-            max_control_line: LOGIN_MAX_LINE,
+            max_control_line: UPSTREAM_MAX_LINE,
             max_payload: 0,
         };
         loop {
@@ -293,7 +290,7 @@ impl UpstreamPool {
                             });
                         }
                         ServerOp::Ping => {
-                            let _ = stream.write_all(crate::protocol::PONG).await;
+                            let _ = stream.write_all(crate::protocol::encode::PONG).await;
                         }
                         _ => {}
                     }
@@ -339,7 +336,7 @@ async fn read_info(
 ) -> Result<(UpstreamInfo, BytesMut), UpstreamError> {
     let mut buf = BytesMut::with_capacity(4096);
     let limits = ServerLimits {
-        max_control_line: LOGIN_MAX_LINE,
+        max_control_line: UPSTREAM_MAX_LINE,
         max_payload: 0,
     };
     loop {
@@ -393,7 +390,8 @@ fn fit_control_line(m: &mut Map<String, Value>) {
 }
 
 /// nats-server's default `max_control_line`: the upstream CONNECT's JSON
-/// is kept within it.
+/// is kept within it. (This bounds what natsgate *sends*; it differs from
+/// [`UPSTREAM_MAX_LINE`], which bounds what it reads.)
 const UPSTREAM_CONNECT_MAX: usize = 4096;
 
 /// The upstream CONNECT JSON: natsgate's credential, the client's wishes, and
@@ -401,7 +399,7 @@ const UPSTREAM_CONNECT_MAX: usize = 4096;
 /// those itself).
 fn connect_json(
     credential: &Credential,
-    login: &LoginOptions,
+    login: &UpstreamOptions,
     nonce: Option<&str>,
 ) -> Result<String, UpstreamError> {
     let mut m = Map::new();
@@ -465,5 +463,6 @@ fn connect_json(
 /// The upstream connection during login: plain or TLS.
 type UpstreamStream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
-/// Bound on upstream control lines during login (INFO may list many URLs).
-const LOGIN_MAX_LINE: usize = 64 * 1024;
+/// The longest control line natsgate accepts from an upstream server, at
+/// login and while relaying (an INFO can list many cluster URLs).
+pub const UPSTREAM_MAX_LINE: usize = 1024 * 1024;

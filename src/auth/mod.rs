@@ -54,20 +54,60 @@ pub struct Identity {
 }
 
 /// Why a CONNECT did not authenticate. The client is only told
-/// `Authorization Violation`.
+/// `Authorization Violation` (or the timeout); the reason is for the debug
+/// log and the metric.
 #[derive(Debug, Clone)]
 pub struct AuthFailure {
-    /// A short, bounded label (metrics `reason`).
-    pub reason: &'static str,
+    pub reason: Reason,
     /// The precise reason, for the debug log.
     pub detail: String,
 }
 
 impl AuthFailure {
-    fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
         AuthFailure {
             reason,
             detail: detail.into(),
+        }
+    }
+}
+
+/// Every reason a client is refused at login: the `reason` label of
+/// `natsgate_auth_failures_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A step of the JWT chain (spec 2.3).
+    Jwt(jwt::JwtRefusal),
+    /// The nonce signature of a static NKey user.
+    Signature(nkey::SignatureError),
+    /// Operator mode, and the CONNECT has no JWT.
+    NoJwt,
+    /// No `nkey` in the CONNECT (static users only).
+    NoCredentials,
+    /// An NKey that is not a configured user.
+    UnknownUser,
+    /// No CONNECT within `auth_timeout`.
+    Timeout,
+    /// An op other than CONNECT came first.
+    NoConnect,
+    /// `account` or `new_account` in the CONNECT (spec 2.2).
+    AccountField,
+    /// The account's `conn` limit is reached.
+    AccountConnections,
+}
+
+impl Reason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Jwt(refusal) => refusal.label(),
+            Reason::Signature(e) => e.reason(),
+            Reason::NoJwt => "no_jwt",
+            Reason::NoCredentials => "no_credentials",
+            Reason::UnknownUser => "unknown_user",
+            Reason::Timeout => "timeout",
+            Reason::NoConnect => "no_connect",
+            Reason::AccountField => "account_field",
+            Reason::AccountConnections => "account_connections",
         }
     }
 }
@@ -213,24 +253,24 @@ impl Authenticator {
             };
             let user = trust
                 .authenticate(&login, now)
-                .map_err(|e| AuthFailure::new(e.reason(), e.to_string()))?;
+                .map_err(|e| AuthFailure::new(Reason::Jwt(e.kind()), e.to_string()))?;
             return Ok(identity_from_jwt(user, &self.compiled));
         }
         let Some(key) = opts.nkey.as_deref() else {
             return Err(if self.trust.is_some() {
-                AuthFailure::new("no_jwt", "Authentication requires a user JWT")
+                AuthFailure::new(Reason::NoJwt, "Authentication requires a user JWT")
             } else {
-                AuthFailure::new("no_credentials", "no nkey in CONNECT")
+                AuthFailure::new(Reason::NoCredentials, "no nkey in CONNECT")
             });
         };
         let Some(entry) = self.static_users.get(key) else {
             return Err(AuthFailure::new(
-                "unknown_user",
+                Reason::UnknownUser,
                 format!("unknown nkey {key}"),
             ));
         };
         nkey::verify_nonce_signature(key, nonce, opts.sig.as_deref())
-            .map_err(|e| AuthFailure::new(e.reason(), e.to_string()))?;
+            .map_err(|e| AuthFailure::new(Reason::Signature(e), e.to_string()))?;
         Ok(Identity {
             user: key.to_string(),
             name: entry.name.clone(),

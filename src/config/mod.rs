@@ -19,6 +19,7 @@
 mod creds;
 mod file;
 mod validate;
+mod values;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -48,7 +49,7 @@ pub struct Settings {
 }
 
 /// `[listen]`: the client-facing side.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ListenSettings {
     /// As written, e.g. `"0.0.0.0:4222"`: a socket address or `host:port`.
     pub addr: String,
@@ -70,7 +71,7 @@ pub struct ListenSettings {
 
 /// `[listen.tls]`; the files exist and are readable (their contents are not
 /// checked here).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ListenTls {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
@@ -81,7 +82,7 @@ pub struct ListenTls {
 }
 
 /// `[upstream]`: the nats-server natsgate logs in to.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamSettings {
     /// At least one; tried in order.
     pub servers: Vec<ServerAddr>,
@@ -106,7 +107,7 @@ pub struct ServerAddr {
 }
 
 /// `[upstream.tls]`; the files exist and are readable.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamTls {
     pub ca_file: Option<PathBuf>,
     /// Client certificate and key: both or neither.
@@ -117,7 +118,7 @@ pub struct UpstreamTls {
 
 /// How natsgate logs in to the upstream server. Files named in the config
 /// have been read and checked: `seed` is a valid user NKey seed.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Credential {
     UserPassword { user: String, password: Secret },
     Token(Secret),
@@ -126,7 +127,7 @@ pub enum Credential {
 }
 
 /// `[[upstream.accounts]]`: the credential for users of one account.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AccountCredential {
     /// The account's name (from its JWT) or public key (`A...`).
     pub account: String,
@@ -135,7 +136,7 @@ pub struct AccountCredential {
 
 /// `[jwt]`: where the trusted operator and the account JWTs are. Paths are
 /// resolved against `base_dir` but the files are not read here.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct JwtSettings {
     /// Not empty.
     pub operators: Vec<PathBuf>,
@@ -155,14 +156,14 @@ pub struct StaticUser {
 }
 
 /// `[metrics]`
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MetricsSettings {
     /// A socket address or `host:port`.
     pub addr: String,
 }
 
 /// `[log]`
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LogSettings {
     /// One of `error`, `warn`, `info`, `debug`, `trace` (lower case).
     pub level: String,

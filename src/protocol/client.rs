@@ -12,7 +12,9 @@
 //! of blanks, `\r` before `\n` optional, `PING`/`PONG`/`+OK` ignore the rest of
 //! their line.
 
-use super::{ParseError, Parsed, Verb, find_line, match_verb, parse_size, split_args};
+use super::{
+    ParseError, Parsed, Verb, find_line, match_verb, parse_size, split_args, with_payload,
+};
 
 /// One client operation, borrowing from the input buffer.
 #[derive(Debug, PartialEq, Eq)]
@@ -163,29 +165,6 @@ pub fn parse<'a>(buf: &'a [u8], limits: &ClientLimits) -> Result<Parsed<ClientOp
         Verb::Msg | Verb::Hmsg => return Err(ParseError::UnknownOperation),
     };
     Ok(Parsed::Frame { op, len: next })
-}
-
-/// Completes a frame that carries a payload: `payload_len` bytes then `\r\n`.
-fn with_payload<T>(
-    buf: &[u8],
-    line_len: usize,
-    payload_len: usize,
-    op: T,
-) -> Result<Parsed<T>, ParseError> {
-    let frame_len = line_len + payload_len + 2;
-    if buf.len() < frame_len {
-        // A wrong terminator is detectable as soon as its bytes arrive.
-        if buf.len() > line_len + payload_len && buf[line_len + payload_len] != b'\r' {
-            return Err(ParseError::BadPayloadEnd);
-        }
-        return Ok(Parsed::Incomplete {
-            needed: Some(frame_len),
-        });
-    }
-    if &buf[line_len + payload_len..frame_len] != b"\r\n" {
-        return Err(ParseError::BadPayloadEnd);
-    }
-    Ok(Parsed::Frame { op, len: frame_len })
 }
 
 fn trim_blanks(s: &[u8]) -> &[u8] {

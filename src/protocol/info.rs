@@ -130,11 +130,7 @@ impl ClientInfo {
     pub fn to_frame(&self) -> Vec<u8> {
         // Serializing plain strings, numbers and bools cannot fail.
         let json = serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string());
-        let mut out = Vec::with_capacity(json.len() + 16);
-        out.extend_from_slice(b"INFO ");
-        write_go_json(&mut out, json.as_bytes());
-        out.extend_from_slice(b" \r\n");
-        out
+        super::encode::info(json.as_bytes())
     }
 }
 

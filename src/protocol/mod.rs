@@ -4,6 +4,8 @@
 //! - [`server`]: frames a server sends (INFO, MSG, HMSG, PING, -ERR, ...).
 //! - [`connect`]: the CONNECT JSON, decoded the way Go's `encoding/json` does.
 //! - [`info`]: the INFO JSON natsgate sends and the facts it reads upstream.
+//! - [`encode`]: every frame natsgate writes itself (MSG, UNSUB, CONNECT,
+//!   INFO, `+OK`, `-ERR`, PING/PONG), with nats-server's exact texts.
 //! - [`subject`], [`quote`]: subject syntax and Go-style quoting.
 //!
 //! Both parsers work on a byte slice and return [`Parsed::Incomplete`] until a
@@ -12,6 +14,7 @@
 
 pub mod client;
 pub mod connect;
+pub mod encode;
 pub mod info;
 pub mod quote;
 pub mod server;
@@ -49,9 +52,11 @@ impl ParseError {
     /// The frame sent to the client before closing, if nats-server sends one.
     pub fn error_text(self) -> Option<&'static [u8]> {
         match self {
-            ParseError::UnknownOperation | ParseError::BadPayloadEnd => Some(ERR_UNKNOWN_OP),
-            ParseError::ControlLineTooLong => Some(ERR_MAX_CONTROL_LINE),
-            ParseError::MaxPayload => Some(ERR_MAX_PAYLOAD),
+            ParseError::UnknownOperation | ParseError::BadPayloadEnd => {
+                Some(encode::ERR_UNKNOWN_OP)
+            }
+            ParseError::ControlLineTooLong => Some(encode::ERR_MAX_CONTROL_LINE),
+            ParseError::MaxPayload => Some(encode::ERR_MAX_PAYLOAD),
             ParseError::BadArguments | ParseError::HeadersNotNegotiated => None,
         }
     }
@@ -67,78 +72,6 @@ impl ParseError {
             ParseError::HeadersNotNegotiated => "headers_not_negotiated",
         }
     }
-}
-
-// === wire texts (spec 1.12, 4.7, 9.7) ===
-
-pub const OK: &[u8] = b"+OK\r\n";
-pub const PING: &[u8] = b"PING\r\n";
-pub const PONG: &[u8] = b"PONG\r\n";
-pub const ERR_AUTH_VIOLATION: &[u8] = b"-ERR 'Authorization Violation'\r\n";
-pub const ERR_AUTH_TIMEOUT: &[u8] = b"-ERR 'Authentication Timeout'\r\n";
-pub const ERR_UNKNOWN_OP: &[u8] = b"-ERR 'Unknown Protocol Operation'\r\n";
-pub const ERR_MAX_CONTROL_LINE: &[u8] = b"-ERR 'maximum control line exceeded'\r\n";
-pub const ERR_MAX_PAYLOAD: &[u8] = b"-ERR 'Maximum Payload Violation'\r\n";
-pub const ERR_MAX_SUBS: &[u8] = b"-ERR 'maximum subscriptions exceeded'\r\n";
-pub const ERR_MAX_CONNECTIONS: &[u8] = b"-ERR 'maximum connections exceeded'\r\n";
-pub const ERR_INVALID_SUBJECT: &[u8] = b"-ERR 'Invalid Subject'\r\n";
-pub const ERR_INVALID_PUBLISH_SUBJECT: &[u8] = b"-ERR 'Invalid Publish Subject'\r\n";
-pub const ERR_INVALID_PROTOCOL: &[u8] = b"-ERR 'invalid client protocol'\r\n";
-pub const ERR_NO_RESPONDERS_HEADERS: &[u8] = b"-ERR 'no responders requires headers support'\r\n";
-pub const ERR_STALE: &[u8] = b"-ERR 'Stale Connection'\r\n";
-
-/// `-ERR '<text>'\r\n` for one of nats-server's fixed texts.
-pub fn err_frame(text: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() + 9);
-    out.extend_from_slice(b"-ERR '");
-    out.extend_from_slice(text.as_bytes());
-    out.extend_from_slice(b"'\r\n");
-    out
-}
-
-/// `-ERR 'Permissions Violation for Publish to "<subject>"'`.
-pub fn err_publish_violation(out: &mut Vec<u8>, subject: &[u8]) {
-    out.extend_from_slice(b"-ERR 'Permissions Violation for Publish to ");
-    quote::write_go_quoted(out, subject);
-    out.extend_from_slice(b"'\r\n");
-}
-
-/// `-ERR 'Permissions Violation for Publish with Reply of "<reply>"'`.
-pub fn err_reply_violation(out: &mut Vec<u8>, reply: &[u8]) {
-    out.extend_from_slice(b"-ERR 'Permissions Violation for Publish with Reply of ");
-    quote::write_go_quoted(out, reply);
-    out.extend_from_slice(b"'\r\n");
-}
-
-/// `-ERR 'Permissions Violation for Subscription to "<subject>"[ using queue "<queue>"]'`.
-pub fn err_subscribe_violation(out: &mut Vec<u8>, subject: &[u8], queue: Option<&[u8]>) {
-    out.extend_from_slice(b"-ERR 'Permissions Violation for Subscription to ");
-    quote::write_go_quoted(out, subject);
-    if let Some(queue) = queue {
-        out.extend_from_slice(b" using queue ");
-        quote::write_go_quoted(out, queue);
-    }
-    out.extend_from_slice(b"'\r\n");
-}
-
-/// `-ERR 'Permissions Violation for Subscription to "<subject>"[ using queue
-/// "<queue>"] (sid "<sid>")'`: a subscription removed because the user's
-/// permissions changed (spec 4.7).
-pub fn err_subscription_removed(
-    out: &mut Vec<u8>,
-    subject: &[u8],
-    queue: Option<&[u8]>,
-    sid: &[u8],
-) {
-    out.extend_from_slice(b"-ERR 'Permissions Violation for Subscription to ");
-    quote::write_go_quoted(out, subject);
-    if let Some(queue) = queue {
-        out.extend_from_slice(b" using queue ");
-        quote::write_go_quoted(out, queue);
-    }
-    out.extend_from_slice(b" (sid ");
-    quote::write_go_quoted(out, sid);
-    out.extend_from_slice(b")'\r\n");
 }
 
 // === shared lexical helpers ===
@@ -284,6 +217,30 @@ pub(crate) fn parse_size(s: &[u8]) -> Option<usize> {
     Some(n)
 }
 
+/// Completes a frame that carries a payload (PUB, HPUB, MSG, HMSG):
+/// `payload_len` bytes then `\r\n` after the control line of `line_len`.
+pub(crate) fn with_payload<T>(
+    buf: &[u8],
+    line_len: usize,
+    payload_len: usize,
+    op: T,
+) -> Result<Parsed<T>, ParseError> {
+    let frame_len = line_len + payload_len + 2;
+    if buf.len() < frame_len {
+        // A wrong terminator is detectable as soon as its bytes arrive.
+        if buf.len() > line_len + payload_len && buf[line_len + payload_len] != b'\r' {
+            return Err(ParseError::BadPayloadEnd);
+        }
+        return Ok(Parsed::Incomplete {
+            needed: Some(frame_len),
+        });
+    }
+    if &buf[line_len + payload_len..frame_len] != b"\r\n" {
+        return Err(ParseError::BadPayloadEnd);
+    }
+    Ok(Parsed::Frame { op, len: frame_len })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,25 +282,5 @@ mod tests {
         assert_eq!(parse_size(b""), None);
         assert_eq!(parse_size(b"+1"), None);
         assert_eq!(parse_size(b"1a"), None);
-    }
-
-    #[test]
-    fn error_frames_quote_like_go() {
-        let mut out = Vec::new();
-        err_subscribe_violation(&mut out, b"_INBOX.>", Some(b"q"));
-        assert_eq!(
-            out,
-            b"-ERR 'Permissions Violation for Subscription to \"_INBOX.>\" using queue \"q\"'\r\n"
-        );
-        out.clear();
-        err_publish_violation(&mut out, b"s'q");
-        assert_eq!(
-            out,
-            b"-ERR 'Permissions Violation for Publish to \"s'q\"'\r\n"
-        );
-        assert_eq!(
-            err_frame("User Authentication Revoked"),
-            b"-ERR 'User Authentication Revoked'\r\n"
-        );
     }
 }

@@ -2,7 +2,9 @@
 //! natsgate's upstream connection). The upstream is trusted more than a
 //! client, but its lengths are bounded all the same.
 
-use super::{ParseError, Parsed, Verb, find_line, match_verb, parse_size, split_args};
+use super::{
+    ParseError, Parsed, Verb, find_line, match_verb, parse_size, split_args, with_payload,
+};
 
 /// One server operation, borrowing from the input buffer.
 #[derive(Debug, PartialEq, Eq)]
@@ -62,7 +64,7 @@ pub fn parse<'a>(buf: &'a [u8], limits: &ServerLimits) -> Result<Parsed<ServerOp
             if payload_len > limits.max_payload {
                 return Err(ParseError::MaxPayload);
             }
-            return complete(
+            return with_payload(
                 buf,
                 next,
                 payload_len,
@@ -96,29 +98,11 @@ pub fn parse<'a>(buf: &'a [u8], limits: &ServerLimits) -> Result<Parsed<ServerOp
                 header_len,
                 total_len,
             };
-            return complete(buf, next, total_len, op);
+            return with_payload(buf, next, total_len, op);
         }
         _ => return Err(ParseError::UnknownOperation),
     };
     Ok(Parsed::Frame { op, len: next })
-}
-
-fn complete<'a>(
-    buf: &'a [u8],
-    line_len: usize,
-    payload_len: usize,
-    op: ServerOp<'a>,
-) -> Result<Parsed<ServerOp<'a>>, ParseError> {
-    let frame_len = line_len + payload_len + 2;
-    if buf.len() < frame_len {
-        return Ok(Parsed::Incomplete {
-            needed: Some(frame_len),
-        });
-    }
-    if &buf[line_len + payload_len..frame_len] != b"\r\n" {
-        return Err(ParseError::BadPayloadEnd);
-    }
-    Ok(Parsed::Frame { op, len: frame_len })
 }
 
 const SERVER_VERBS: &[(&[u8], Verb, bool)] = &[

@@ -12,15 +12,20 @@
 //!
 //! No task or socket outlives the session: when either side goes, both close.
 
-mod out;
+mod client_ops;
+mod conn;
+mod order;
+mod pieces;
 mod relay;
 mod subs;
+mod upstream_ops;
+mod user_info;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -28,31 +33,44 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field, info_span, warn};
 
-use crate::auth::{Identity, new_nonce};
-use crate::listener::{AccountSlot, Shared};
+use crate::auth::{Identity, Reason, new_nonce};
+use crate::gate::{AccountSlot, Gate};
 use crate::protocol::client::{self, ClientLimits, ClientOp};
 use crate::protocol::connect::ConnectOptions;
-use crate::protocol::{self, Parsed};
+use crate::protocol::{self, Parsed, encode};
 use crate::transport::Transport;
-use crate::upstream::LoginOptions;
+use crate::upstream::UpstreamOptions;
 
-pub use out::OutQueue;
 pub use relay::Relay;
 
-/// The text sent to a client when no upstream server can be reached for it
-/// (nats-server has no equivalent; a client retries as after any -ERR).
-pub const ERR_UPSTREAM_UNAVAILABLE: &[u8] = b"-ERR 'Upstream Unavailable'\r\n";
-
-/// The account's `conn` limit is reached (spec 6.1).
-pub const ERR_MAX_ACCOUNT_CONNECTIONS: &[u8] =
-    b"-ERR 'maximum account active connections exceeded'\r\n";
-
-/// How long natsgate keeps trying to deliver a final `-ERR` before closing.
+/// How long natsgate keeps trying to deliver a final `-ERR` before closing
+/// a connection that never authenticated.
 const CLOSE_FLUSH: Duration = Duration::from_millis(500);
+
+/// Why a relay ends, which decides what its close still delivers
+/// ([`Relay::run`]).
+#[derive(Debug)]
+pub(crate) enum Close {
+    /// natsgate ends it (a protocol error or limit, expiry, revocation,
+    /// stale connection, shutdown): what the client sent before goes
+    /// upstream, the `PONG`s owed reach the client, then `error` (when
+    /// nats-server sends one), then the close.
+    Gate { error: Option<Bytes> },
+    /// The client closed, or its socket failed: what it sent goes upstream.
+    ClientGone,
+    /// The client did not read for the write deadline: what it would get is
+    /// dropped; what it sent goes upstream.
+    ClientSlow,
+    /// The upstream closed or failed: the client gets what is queued.
+    UpstreamGone,
+    /// The upstream did not read for the write deadline: the client gets
+    /// what is queued.
+    UpstreamSlow,
+}
 
 /// Serves one accepted client connection until it closes.
 pub async fn run(
-    shared: Arc<Shared>,
+    gate: Arc<Gate>,
     client: TcpStream,
     peer: SocketAddr,
     client_id: u64,
@@ -63,7 +81,7 @@ pub async fn run(
         let _ = client.set_nodelay(true);
         // Boxed: the handshake's state (upstream dialing, TLS) is large and
         // only needed until login; the task keeps just the relay's.
-        let relay = Box::pin(handshake(&shared, client, peer, client_id, &shutdown)).await;
+        let relay = Box::pin(handshake(&gate, client, peer, client_id, &shutdown)).await;
         if let Some(relay) = relay {
             relay.run(&shutdown).await;
         }
@@ -72,8 +90,9 @@ pub async fn run(
     .await
 }
 
-/// Everything decided at CONNECT time that the relay needs.
-pub(crate) struct Login {
+/// The client side of a finished login: everything decided at CONNECT
+/// time that the relay needs.
+pub(crate) struct Authenticated {
     pub opts: ConnectOptions,
     pub identity: Identity,
     pub nonce: String,
@@ -91,14 +110,14 @@ type ClientStream = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>
 /// after the INFO (which says `tls_required`), or before it with
 /// `handshake_first`. Returns the stream and the deadline for the CONNECT
 /// (the auth timeout covers the handshake, spec 2.1).
-async fn open(shared: &Shared, mut tcp: TcpStream, info: &[u8]) -> Option<(ClientStream, Instant)> {
-    let auth_timeout = shared.settings.listen.auth_timeout;
-    let Some(config) = &shared.tls_server else {
+async fn open(gate: &Gate, mut tcp: TcpStream, info: &[u8]) -> Option<(ClientStream, Instant)> {
+    let auth_timeout = gate.settings.listen.auth_timeout;
+    let Some(config) = &gate.tls_server else {
         tcp.write_all(info).await.ok()?;
         return Some((Either::Left(tcp), Instant::now() + auth_timeout));
     };
     let acceptor = &tokio_rustls::TlsAcceptor::from(config.clone());
-    let first = shared
+    let first = gate
         .settings
         .listen
         .tls
@@ -146,24 +165,24 @@ fn into_transport(stream: ClientStream) -> Transport {
 }
 
 async fn handshake(
-    shared: &Arc<Shared>,
+    gate: &Arc<Gate>,
     tcp: TcpStream,
     peer: SocketAddr,
     client_id: u64,
     shutdown: &CancellationToken,
 ) -> Option<Relay> {
     let nonce = new_nonce();
-    let facts = shared.upstream.facts();
-    let info = shared
+    let facts = gate.upstream.facts();
+    let info = gate
         .client_info(&facts, client_id, peer.ip(), Some(&nonce), None)
         .to_frame();
     let (mut client, deadline) = tokio::select! {
         _ = shutdown.cancelled() => return None,
-        opened = open(shared, tcp, &info) => opened?,
+        opened = open(gate, tcp, &info) => opened?,
     };
     let limits = ClientLimits {
-        max_control_line: shared.settings.listen.max_control_line,
-        max_payload: shared.max_payload(&facts, None),
+        max_control_line: gate.settings.listen.max_control_line,
+        max_payload: gate.max_payload(&facts, None),
         headers: false,
     };
     let mut cin = BytesMut::with_capacity(1024);
@@ -173,8 +192,8 @@ async fn handshake(
             && first != b'c'
         {
             debug!("operation before CONNECT");
-            shared.metrics.auth_failed("no_connect");
-            close_with(&mut client, protocol::ERR_AUTH_VIOLATION).await;
+            gate.metrics.auth_failed(Reason::NoConnect);
+            close_with(&mut client, encode::ERR_AUTH_VIOLATION).await;
             return None;
         }
         match client::parse(&cin, &limits) {
@@ -186,7 +205,7 @@ async fn handshake(
                 break ((start, start + json.len()), len);
             }
             Ok(Parsed::Frame { .. }) | Err(protocol::ParseError::UnknownOperation) => {
-                close_with(&mut client, protocol::ERR_UNKNOWN_OP).await;
+                close_with(&mut client, encode::ERR_UNKNOWN_OP).await;
                 return None;
             }
             Err(e) => {
@@ -202,8 +221,8 @@ async fn handshake(
                     read = timeout_at(deadline, client.read_buf(&mut cin)) => match read {
                         Err(_) => {
                             debug!("authentication timeout");
-                            shared.metrics.auth_failed("timeout");
-                            close_with(&mut client, protocol::ERR_AUTH_TIMEOUT).await;
+                            gate.metrics.auth_failed(Reason::Timeout);
+                            close_with(&mut client, encode::ERR_AUTH_TIMEOUT).await;
                             return None;
                         }
                         Ok(Ok(0)) | Ok(Err(_)) => return None,
@@ -220,26 +239,26 @@ async fn handshake(
     }
     let _ = cin.split_to(frame_len);
 
-    let identity = match shared.authenticate(&opts, nonce.as_bytes(), peer.ip()) {
+    let identity = match gate.authenticate(&opts, nonce.as_bytes(), peer.ip()) {
         Ok(identity) => identity,
         Err(failure) => {
-            debug!(reason = failure.reason, detail = %failure.detail, "authentication failed");
-            shared.metrics.auth_failed(failure.reason);
-            close_with(&mut client, protocol::ERR_AUTH_VIOLATION).await;
+            debug!(reason = failure.reason.label(), detail = %failure.detail, "authentication failed");
+            gate.metrics.auth_failed(failure.reason);
+            close_with(&mut client, encode::ERR_AUTH_VIOLATION).await;
             return None;
         }
     };
     if let Some(text) = post_auth_check(&opts, facts.headers) {
-        if text == protocol::ERR_AUTH_VIOLATION {
-            shared.metrics.auth_failed("account_field");
+        if text == encode::ERR_AUTH_VIOLATION {
+            gate.metrics.auth_failed(Reason::AccountField);
         }
         close_with(&mut client, text).await;
         return None;
     }
-    let Some(slot) = shared.account_slot(&identity) else {
+    let Some(slot) = gate.account_slot(&identity) else {
         debug!("account connection limit reached");
-        shared.metrics.auth_failed("account_connections");
-        close_with(&mut client, ERR_MAX_ACCOUNT_CONNECTIONS).await;
+        gate.metrics.auth_failed(Reason::AccountConnections);
+        close_with(&mut client, encode::ERR_MAX_ACCOUNT_CONNECTIONS).await;
         return None;
     };
     let span = tracing::Span::current();
@@ -247,16 +266,16 @@ async fn handshake(
     span.record("name", identity.name.as_str());
     span.record("account", identity.account_name.as_str());
 
-    let credential = shared.credential_for(&identity);
-    let mut login = LoginOptions::from_client(&opts);
-    login.headers = opts.headers && facts.headers;
+    let credential = gate.credential_for(&identity);
+    let mut wanted = UpstreamOptions::from_client(&opts);
+    wanted.headers = opts.headers && facts.headers;
     let upstream = tokio::select! {
         _ = shutdown.cancelled() => return None,
-        result = shared.upstream.connect(credential, &login) => match result {
+        result = gate.upstream.connect(credential, &wanted) => match result {
             Ok(upstream) => upstream,
             Err(e) => {
                 warn!(error = %e, "no upstream connection");
-                close_with(&mut client, ERR_UPSTREAM_UNAVAILABLE).await;
+                close_with(&mut client, encode::ERR_UPSTREAM_UNAVAILABLE).await;
                 return None;
             }
         }
@@ -266,7 +285,7 @@ async fn handshake(
     if identity.jwt.is_some() {
         opts.jwt = None;
     }
-    let login = Login {
+    let login = Authenticated {
         opts,
         identity,
         nonce,
@@ -275,7 +294,7 @@ async fn handshake(
         slot,
     };
     Some(Relay::new(
-        shared.clone(),
+        gate.clone(),
         into_transport(client),
         upstream,
         cin,
@@ -290,13 +309,13 @@ pub(crate) fn post_auth_check(
     server_headers: bool,
 ) -> Option<&'static [u8]> {
     if opts.account.as_deref().is_some_and(|a| !a.is_empty()) || opts.new_account {
-        return Some(protocol::ERR_AUTH_VIOLATION);
+        return Some(encode::ERR_AUTH_VIOLATION);
     }
     if !(0..=1).contains(&opts.protocol) {
-        return Some(protocol::ERR_INVALID_PROTOCOL);
+        return Some(encode::ERR_INVALID_PROTOCOL);
     }
     if opts.no_responders && !(opts.headers && server_headers) {
-        return Some(protocol::ERR_NO_RESPONDERS_HEADERS);
+        return Some(encode::ERR_NO_RESPONDERS_HEADERS);
     }
     None
 }

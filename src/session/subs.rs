@@ -113,6 +113,21 @@ impl Subscriptions {
         }
     }
 
+    /// A status message on `sid` (the 503 no-responders): delivered like
+    /// any message, but not counted towards `UNSUB <sid> <max>`, as
+    /// nats-server sends it outside its delivery count (spec 1.8).
+    pub fn deliver_uncounted(
+        &mut self,
+        sid: &[u8],
+        accept: impl FnOnce(Option<&[u8]>) -> bool,
+    ) -> Delivery {
+        match self.by_sid.get(sid) {
+            None => Delivery::Unknown,
+            Some(sub) if !accept(sub.queue.as_deref()) => Delivery::Filtered,
+            Some(_) => Delivery::Deliver,
+        }
+    }
+
     /// One delivery on `sid`: `accept` (given the subscription's queue)
     /// decides whether nats-server would deliver it; accepted deliveries are
     /// counted (filtered ones are not, spec 4.5). One lookup per message.
@@ -157,6 +172,15 @@ mod tests {
         assert_eq!(subs.deliver(b"2", |_| true), Delivery::Deliver);
         assert_eq!(subs.deliver(b"2", |_| true), Delivery::DeliverLast);
         assert!(!subs.contains(b"2"));
+
+        subs.insert(b"9", b"s", None);
+        assert!(subs.limit(b"9", b"1"));
+        assert_eq!(subs.deliver_uncounted(b"9", |_| true), Delivery::Deliver);
+        assert_eq!(
+            subs.deliver(b"9", |_| true),
+            Delivery::DeliverLast,
+            "the status did not count"
+        );
 
         subs.insert(b"3", b"s", None);
         assert!(!subs.limit(b"3", b"x"));

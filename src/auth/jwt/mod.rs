@@ -8,6 +8,7 @@
 //! every function here is pure over its inputs (`now` is passed in).
 
 pub mod claims;
+#[cfg(any(test, feature = "test-support"))]
 pub mod encode;
 mod store;
 mod template;
@@ -81,14 +82,14 @@ pub struct JwtUser {
 /// a bounded metric label.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JwtAuthError {
-    kind: AuthFailure,
+    kind: JwtRefusal,
     detail: String,
 }
 
 /// Which step of spec 2.3 refused the login.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum AuthFailure {
+pub enum JwtRefusal {
     /// Step 1: no JWT or not a valid user JWT.
     UserJwtRequired,
     /// Step 2: `proxy_required` (natsgate is not a trusted proxy).
@@ -121,37 +122,44 @@ pub enum AuthFailure {
     OutsideConnectTimes,
 }
 
+impl JwtRefusal {
+    /// The metric label (`natsgate_auth_failures_total{reason}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            JwtRefusal::UserJwtRequired => "user_jwt_required",
+            JwtRefusal::ProxyRequired => "proxy_required",
+            JwtRefusal::UserJwtInvalid => "user_jwt_invalid",
+            JwtRefusal::AccountNotFound => "account_not_found",
+            JwtRefusal::AccountNotTrusted => "account_not_trusted",
+            JwtRefusal::IssuerUnknown => "issuer_unknown",
+            JwtRefusal::ScopedUserNotEmpty => "scoped_user_not_empty",
+            JwtRefusal::TemplateInvalid => "template_invalid",
+            JwtRefusal::AccountExpired => "account_expired",
+            JwtRefusal::BearerNotAllowed => "bearer_not_allowed",
+            JwtRefusal::ConnectionTypeNotAllowed => "connection_type_not_allowed",
+            JwtRefusal::Signature(e) => e.reason(),
+            JwtRefusal::Revoked => "revoked",
+            JwtRefusal::SourceNotAllowed => "source_not_allowed",
+            JwtRefusal::OutsideConnectTimes => "outside_connect_times",
+        }
+    }
+}
+
 impl JwtAuthError {
-    pub(crate) fn new(kind: AuthFailure, detail: impl Into<String>) -> JwtAuthError {
+    pub(crate) fn new(kind: JwtRefusal, detail: impl Into<String>) -> JwtAuthError {
         JwtAuthError {
             kind,
             detail: detail.into(),
         }
     }
 
-    pub fn kind(&self) -> AuthFailure {
+    pub fn kind(&self) -> JwtRefusal {
         self.kind
     }
 
     /// A short, bounded label for metrics.
     pub fn reason(&self) -> &'static str {
-        match self.kind {
-            AuthFailure::UserJwtRequired => "user_jwt_required",
-            AuthFailure::ProxyRequired => "proxy_required",
-            AuthFailure::UserJwtInvalid => "user_jwt_invalid",
-            AuthFailure::AccountNotFound => "account_not_found",
-            AuthFailure::AccountNotTrusted => "account_not_trusted",
-            AuthFailure::IssuerUnknown => "issuer_unknown",
-            AuthFailure::ScopedUserNotEmpty => "scoped_user_not_empty",
-            AuthFailure::TemplateInvalid => "template_invalid",
-            AuthFailure::AccountExpired => "account_expired",
-            AuthFailure::BearerNotAllowed => "bearer_not_allowed",
-            AuthFailure::ConnectionTypeNotAllowed => "connection_type_not_allowed",
-            AuthFailure::Signature(e) => e.reason(),
-            AuthFailure::Revoked => "revoked",
-            AuthFailure::SourceNotAllowed => "source_not_allowed",
-            AuthFailure::OutsideConnectTimes => "outside_connect_times",
-        }
+        self.kind.label()
     }
 
     /// True where nats-server logs the failure at error level instead of
@@ -159,7 +167,7 @@ impl JwtAuthError {
     pub fn is_error_level(&self) -> bool {
         matches!(
             self.kind,
-            AuthFailure::SourceNotAllowed | AuthFailure::OutsideConnectTimes
+            JwtRefusal::SourceNotAllowed | JwtRefusal::OutsideConnectTimes
         )
     }
 }
@@ -168,26 +176,26 @@ impl fmt::Display for JwtAuthError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = &self.detail;
         match self.kind {
-            AuthFailure::UserJwtRequired => f.write_str("Authentication requires a user JWT"),
-            AuthFailure::ProxyRequired => f.write_str("proxy connection required"),
-            AuthFailure::UserJwtInvalid => write!(f, "User JWT no longer valid: {d}"),
-            AuthFailure::AccountNotFound => write!(f, "Account JWT lookup error: {d}"),
-            AuthFailure::AccountNotTrusted => {
+            JwtRefusal::UserJwtRequired => f.write_str("Authentication requires a user JWT"),
+            JwtRefusal::ProxyRequired => f.write_str("proxy connection required"),
+            JwtRefusal::UserJwtInvalid => write!(f, "User JWT no longer valid: {d}"),
+            JwtRefusal::AccountNotFound => write!(f, "Account JWT lookup error: {d}"),
+            JwtRefusal::AccountNotTrusted => {
                 f.write_str("Account JWT not signed by trusted operator")
             }
-            AuthFailure::IssuerUnknown => f.write_str("User JWT issuer is not known"),
-            AuthFailure::ScopedUserNotEmpty => write!(
+            JwtRefusal::IssuerUnknown => f.write_str("User JWT issuer is not known"),
+            JwtRefusal::ScopedUserNotEmpty => write!(
                 f,
                 "User JWT is not valid: scoped users require no permissions or limits set"
             ),
-            AuthFailure::TemplateInvalid => f.write_str("User JWT generated invalid permissions"),
-            AuthFailure::AccountExpired => f.write_str("Account JWT has expired"),
-            AuthFailure::BearerNotAllowed => f.write_str("Account does not allow bearer tokens"),
-            AuthFailure::ConnectionTypeNotAllowed => f.write_str("Connection type not allowed"),
-            AuthFailure::Signature(e) => e.fmt(f),
-            AuthFailure::Revoked => f.write_str("User authentication revoked"),
-            AuthFailure::SourceNotAllowed => write!(f, "Bad src Ip {d}"),
-            AuthFailure::OutsideConnectTimes => f.write_str("Outside connect times"),
+            JwtRefusal::TemplateInvalid => f.write_str("User JWT generated invalid permissions"),
+            JwtRefusal::AccountExpired => f.write_str("Account JWT has expired"),
+            JwtRefusal::BearerNotAllowed => f.write_str("Account does not allow bearer tokens"),
+            JwtRefusal::ConnectionTypeNotAllowed => f.write_str("Connection type not allowed"),
+            JwtRefusal::Signature(e) => e.fmt(f),
+            JwtRefusal::Revoked => f.write_str("User authentication revoked"),
+            JwtRefusal::SourceNotAllowed => write!(f, "Bad src Ip {d}"),
+            JwtRefusal::OutsideConnectTimes => f.write_str("Outside connect times"),
         }
     }
 }

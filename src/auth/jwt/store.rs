@@ -12,8 +12,8 @@ use super::claims::{
 };
 use super::template::{self, TemplateContext};
 use super::{
-    AccountChange, AccountInfo, AccountLimits, AccountSigningKey, AuthFailure, Disconnect,
-    JwtAuthError, JwtLoadError, JwtLogin, JwtUser, OperatorInfo, times,
+    AccountChange, AccountInfo, AccountLimits, AccountSigningKey, Disconnect, JwtAuthError,
+    JwtLoadError, JwtLogin, JwtRefusal, JwtUser, OperatorInfo, times,
 };
 use crate::auth::nkey;
 use crate::permissions::{PermissionSpec, ResponseSpec, SubjectRules};
@@ -136,7 +136,7 @@ impl TrustStore {
         login: &JwtLogin<'_>,
         now: SystemTime,
     ) -> Result<JwtUser, JwtAuthError> {
-        use AuthFailure as F;
+        use JwtRefusal as F;
         let fail = |kind, detail: &str| Err(JwtAuthError::new(kind, detail));
         // 1. A user claim.
         let Ok(user) = claims::decode::<User>(login.jwt) else {
@@ -408,10 +408,10 @@ fn effective_limits(
         None if user.issuer == account.key && !account.strict => {
             return Ok(user.nats.limits.clone());
         }
-        None => return Err(JwtAuthError::new(AuthFailure::IssuerUnknown, "")),
+        None => return Err(JwtAuthError::new(JwtRefusal::IssuerUnknown, "")),
     };
     if !user.nats.limits.is_empty() {
-        return Err(JwtAuthError::new(AuthFailure::ScopedUserNotEmpty, ""));
+        return Err(JwtAuthError::new(JwtRefusal::ScopedUserNotEmpty, ""));
     }
     let mut limits = scope.template.clone();
     let ctx = TemplateContext {
@@ -423,7 +423,7 @@ fn effective_limits(
         account_tags: &account.tags,
     };
     template::apply(&mut limits, &ctx)
-        .map_err(|e| JwtAuthError::new(AuthFailure::TemplateInvalid, format!("{e:?}")))?;
+        .map_err(|e| JwtAuthError::new(JwtRefusal::TemplateInvalid, format!("{e:?}")))?;
     Ok(limits)
 }
 
@@ -566,37 +566,16 @@ fn source_allowed(source: &[String], ip: IpAddr) -> bool {
     if source.is_empty() {
         return true;
     }
-    let ip = ip.to_canonical();
     source
         .iter()
         .filter_map(|c| parse_cidr(c))
-        .any(|(net, bits)| cidr_contains(net, bits, ip))
+        .any(|net| net.contains(&ip) || net.contains(&ip.to_canonical()))
 }
 
-/// Parse `addr/bits` like Go's `net.ParseCIDR`.
-fn parse_cidr(s: &str) -> Option<(IpAddr, u8)> {
-    let (addr, bits) = s.trim().split_once('/')?;
-    let addr: IpAddr = addr.parse().ok()?;
-    if bits.is_empty() || bits.len() > 3 || !bits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let bits: u8 = bits.parse().ok()?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    (bits <= max).then_some((addr.to_canonical(), bits))
-}
-
-fn cidr_contains(net: IpAddr, bits: u8, ip: IpAddr) -> bool {
-    match (net, ip) {
-        (IpAddr::V4(n), IpAddr::V4(i)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-            u32::from(n) & mask == u32::from(i) & mask
-        }
-        (IpAddr::V6(n), IpAddr::V6(i)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
-            u128::from(n) & mask == u128::from(i) & mask
-        }
-        _ => false,
-    }
+/// Parses `addr/bits` as Go's `net.ParseCIDR` accepts it (host bits may
+/// be set; the network is what counts).
+fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
+    s.trim().parse().ok()
 }
 
 /// Spec 5.4: -1 (any negative) is unlimited, anything else a limit.

@@ -152,7 +152,7 @@ impl Chain {
     }
 }
 
-fn fails(r: Result<JwtUser, JwtAuthError>, kind: AuthFailure) -> JwtAuthError {
+fn fails(r: Result<JwtUser, JwtAuthError>, kind: JwtRefusal) -> JwtAuthError {
     match r {
         Ok(_) => panic!("expected {kind:?}, got success"),
         Err(e) => {
@@ -234,7 +234,7 @@ fn signing_key_without_issuer_account_fails() {
     let uc = c.user_claims(&user);
     let e = fails(
         c.login(&encode(&uc, &c.acc_sk).unwrap(), &user),
-        AuthFailure::AccountNotFound,
+        JwtRefusal::AccountNotFound,
     );
     assert!(e.to_string().starts_with("Account JWT lookup error"));
 }
@@ -248,7 +248,7 @@ fn unknown_issuer() {
     let stranger = KeyPair::new_account();
     let e = fails(
         c.login(&encode(&uc, &stranger).unwrap(), &user),
-        AuthFailure::IssuerUnknown,
+        JwtRefusal::IssuerUnknown,
     );
     assert_eq!(e.to_string(), "User JWT issuer is not known");
 }
@@ -264,14 +264,14 @@ fn issuer_prefix_rules_and_decode_rules() {
     bad.nats.generic.kind = "user".into();
     bad.nats.generic.version = 2;
     let t = encode_as_is(&bad, &c.op).unwrap();
-    fails(c.login(&t, &user), AuthFailure::UserJwtRequired);
+    fails(c.login(&t, &user), JwtRefusal::UserJwtRequired);
     assert!(matches!(
         decode::<User>(&t),
         Err(claims::DecodeError::Issuer(_))
     ));
     // An account JWT is not a user JWT.
     let t = encode(&c.account, &c.op).unwrap();
-    let e = fails(c.login(&t, &user), AuthFailure::UserJwtRequired);
+    let e = fails(c.login(&t, &user), JwtRefusal::UserJwtRequired);
     assert_eq!(e.to_string(), "Authentication requires a user JWT");
     // Tampered payload.
     let good = encode(&uc, &c.acc).unwrap();
@@ -284,7 +284,7 @@ fn issuer_prefix_rules_and_decode_rules() {
     parts[1] = URL_SAFE_NO_PAD.encode(payload);
     fails(
         c.login(&parts.join("."), &user),
-        AuthFailure::UserJwtRequired,
+        JwtRefusal::UserJwtRequired,
     );
     // Padding rejected.
     let padded = format!("{good}==");
@@ -335,7 +335,7 @@ fn strict_signing_keys() {
     let mut uc = c.user_claims(&user);
     fails(
         c.login(&encode(&uc, &c.acc).unwrap(), &user),
-        AuthFailure::IssuerUnknown,
+        JwtRefusal::IssuerUnknown,
     );
     uc.nats.issuer_account = c.acc.public_key();
     assert!(c.login(&encode(&uc, &c.acc_sk).unwrap(), &user).is_ok());
@@ -381,7 +381,7 @@ fn scoped_users() {
     uc.nats.limits.subs = -1;
     let e = fails(
         c.login(&encode(&uc, &c.scoped_sk).unwrap(), &user),
-        AuthFailure::ScopedUserNotEmpty,
+        JwtRefusal::ScopedUserNotEmpty,
     );
     assert!(
         e.to_string()
@@ -404,7 +404,7 @@ fn scoped_template_invalid() {
     uc.nats.issuer_account = c.acc.public_key();
     let e = fails(
         c.login(&encode(&uc, &c.scoped_sk).unwrap(), &user),
-        AuthFailure::TemplateInvalid,
+        JwtRefusal::TemplateInvalid,
     );
     assert_eq!(e.to_string(), "User JWT generated invalid permissions");
     // With the tag present it works; the account tag is used as well.
@@ -429,14 +429,14 @@ fn exp_and_nbf() {
     uc.expires = NOW - 1;
     let e = fails(
         c.login(&encode(&uc, &c.acc).unwrap(), &user),
-        AuthFailure::UserJwtInvalid,
+        JwtRefusal::UserJwtInvalid,
     );
     assert_eq!(e.to_string(), "User JWT no longer valid: claim is expired");
     uc.expires = 0;
     uc.not_before = NOW + 1;
     fails(
         c.login(&encode(&uc, &c.acc).unwrap(), &user),
-        AuthFailure::UserJwtInvalid,
+        JwtRefusal::UserJwtInvalid,
     );
     uc.not_before = NOW;
     assert!(c.login(&encode(&uc, &c.acc).unwrap(), &user).is_ok());
@@ -462,7 +462,7 @@ fn revocation_and_recheck() {
     c.update_account(|a| {
         a.nats.revocations.insert(key.clone(), NOW - 100);
     });
-    let e = fails(c.login(&token, &user), AuthFailure::Revoked);
+    let e = fails(c.login(&token, &user), JwtRefusal::Revoked);
     assert_eq!(e.to_string(), "User authentication revoked");
     assert_eq!(c.store.recheck(&connected, now()), Err(Disconnect::Revoked));
     assert_eq!(
@@ -476,7 +476,7 @@ fn revocation_and_recheck() {
     let other = KeyPair::new_user();
     fails(
         c.login(&encode(&c.user_claims(&other), &c.acc).unwrap(), &other),
-        AuthFailure::Revoked,
+        JwtRefusal::Revoked,
     );
 }
 
@@ -534,7 +534,7 @@ fn recheck_signing_key_removed_and_account_expiry() {
             )
             .unwrap_err()
             .kind(),
-        AuthFailure::AccountExpired
+        JwtRefusal::AccountExpired
     );
 }
 
@@ -559,7 +559,7 @@ fn bearer_tokens() {
     c.update_account(|a| a.nats.limits.disallow_bearer = true);
     assert_eq!(
         c.store.authenticate(&login, now()).unwrap_err().kind(),
-        AuthFailure::BearerNotAllowed
+        JwtRefusal::BearerNotAllowed
     );
     assert_eq!(
         c.store.recheck(&connected, now()),
@@ -612,7 +612,7 @@ fn source_cidrs() {
     );
     let e = fails(
         c.login_from(&token, &user, "127.0.0.1".parse().unwrap()),
-        AuthFailure::SourceNotAllowed,
+        JwtRefusal::SourceNotAllowed,
     );
     assert_eq!(e.to_string(), "Bad src Ip 127.0.0.1");
     assert!(e.is_error_level());
@@ -634,7 +634,7 @@ fn source_cidrs() {
     uc.nats.limits.source = vec!["10.0.0.0/33".into()];
     fails(
         c.login(&encode(&uc, &c.acc).unwrap(), &user),
-        AuthFailure::UserJwtInvalid,
+        JwtRefusal::UserJwtInvalid,
     );
 }
 
@@ -658,7 +658,7 @@ fn connect_times_feed_expiry() {
     }];
     let e = fails(
         c.login(&encode(&uc, &c.acc).unwrap(), &user),
-        AuthFailure::OutsideConnectTimes,
+        JwtRefusal::OutsideConnectTimes,
     );
     assert_eq!(e.to_string(), "Outside connect times");
     // 22:26 in Berlin (CEST): a window crossing midnight.
@@ -674,7 +674,7 @@ fn connect_times_feed_expiry() {
     uc.nats.limits.times_location = "Mars/Base".into();
     fails(
         c.login(&encode(&uc, &c.acc).unwrap(), &user),
-        AuthFailure::UserJwtInvalid,
+        JwtRefusal::UserJwtInvalid,
     );
 }
 
@@ -769,7 +769,7 @@ fn proxy_required_fails_first() {
     uc.expires = NOW - 10; // would also fail step 3
     let e = fails(
         c.login(&encode(&uc, &c.acc).unwrap(), &user),
-        AuthFailure::ProxyRequired,
+        JwtRefusal::ProxyRequired,
     );
     assert_eq!(e.reason(), "proxy_required");
 }

@@ -13,7 +13,9 @@ use std::io::{self, Read, Write};
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
-use crate::session::OutQueue;
+mod queue;
+
+pub use queue::OutQueue;
 
 /// Plaintext moved into rustls per write, and the most it buffers.
 const TLS_CHUNK: usize = 64 * 1024;
@@ -87,6 +89,30 @@ impl Transport {
         match self {
             Transport::Plain(tcp) => tcp.try_read_buf(buf),
             Transport::Tls(t) => t.try_read_buf(buf),
+        }
+    }
+
+    /// Sends what is left (TLS: the close_notify) and closes the write side.
+    pub async fn shutdown(&mut self) {
+        match self {
+            Transport::Plain(tcp) => {
+                let _ = tokio::io::AsyncWriteExt::shutdown(tcp).await;
+            }
+            Transport::Tls(t) => {
+                t.conn.send_close_notify();
+                while t.conn.wants_write() {
+                    match t.conn.write_tls(&mut SocketIo(&t.tcp)) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if t.tcp.writable().await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut t.tcp).await;
+            }
         }
     }
 

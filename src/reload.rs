@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::auth::Authenticator;
 use crate::auth::jwt::AccountChange;
 use crate::config::{JwtSettings, Settings};
-use crate::listener::Shared;
+use crate::gate::Gate;
 
 /// How often the accounts directory is scanned for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -31,9 +31,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 type Seen = HashMap<PathBuf, (SystemTime, u64)>;
 
 /// Watches the account JWT files and SIGHUP until `shutdown`.
-pub async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
+pub async fn watch(gate: Arc<Gate>, shutdown: CancellationToken) {
     // Without `[jwt]` there are no files to poll, but SIGHUP still reloads.
-    let jwt = shared.settings.jwt.clone().unwrap_or(JwtSettings {
+    let jwt = gate.settings.jwt.clone().unwrap_or(JwtSettings {
         operators: Vec::new(),
         accounts_dir: None,
         accounts: Vec::new(),
@@ -41,7 +41,7 @@ pub async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut seen = Seen::new();
     // The start-up load read everything; remember it without re-reading.
     scan(
-        &shared,
+        &gate,
         jwt.accounts_dir.as_deref(),
         &jwt.accounts,
         &mut seen,
@@ -64,18 +64,18 @@ pub async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = tokio::time::sleep(POLL_INTERVAL) => Mode::Changed,
             _ = hup => {
                 info!("SIGHUP: reloading the config and the account JWTs");
-                if reload_config(&shared) {
+                if reload_config(&gate) {
                     // Freshly loaded from the files: remember them as they are.
                     seen.clear();
-                    scan(&shared, jwt.accounts_dir.as_deref(), &jwt.accounts, &mut seen, Mode::Remember);
-                    shared.accounts_changed();
+                    scan(&gate, jwt.accounts_dir.as_deref(), &jwt.accounts, &mut seen, Mode::Remember);
+                    gate.accounts_changed();
                     continue;
                 }
                 Mode::All
             }
         };
         scan(
-            &shared,
+            &gate,
             jwt.accounts_dir.as_deref(),
             &jwt.accounts,
             &mut seen,
@@ -94,7 +94,7 @@ enum Mode {
     All,
 }
 
-fn scan(shared: &Shared, dir: Option<&Path>, files: &[PathBuf], seen: &mut Seen, mode: Mode) {
+fn scan(gate: &Gate, dir: Option<&Path>, files: &[PathBuf], seen: &mut Seen, mode: Mode) {
     let mut present: Vec<PathBuf> = files.to_vec();
     if let Some(dir) = dir {
         match std::fs::read_dir(dir) {
@@ -126,7 +126,7 @@ fn scan(shared: &Shared, dir: Option<&Path>, files: &[PathBuf], seen: &mut Seen,
             Mode::All => true,
         };
         if apply {
-            changed |= apply_file(shared, path);
+            changed |= apply_file(gate, path);
         }
     }
     // Files deleted from the directory: the account goes.
@@ -142,7 +142,7 @@ fn scan(shared: &Shared, dir: Option<&Path>, files: &[PathBuf], seen: &mut Seen,
         }
         if let Some(key) = path.file_stem().and_then(|s| s.to_str()) {
             let key = key.to_string();
-            let removed = shared.update_trust(|trust| trust.remove_account(&key));
+            let removed = gate.update_trust(|trust| trust.remove_account(&key));
             if removed {
                 info!(account = %key, file = %path.display(), "account JWT removed");
                 changed = true;
@@ -150,7 +150,7 @@ fn scan(shared: &Shared, dir: Option<&Path>, files: &[PathBuf], seen: &mut Seen,
         }
     }
     if changed {
-        shared.accounts_changed();
+        gate.accounts_changed();
     }
 }
 
@@ -159,8 +159,8 @@ fn scan(shared: &Shared, dir: Option<&Path>, files: &[PathBuf], seen: &mut Seen,
 /// get their new permissions, JWT users are re-checked); other sections
 /// need a restart. A config that fails validation is logged and ignored.
 /// Returns whether a new config was installed.
-fn reload_config(shared: &Shared) -> bool {
-    let Some(path) = &shared.settings.source else {
+fn reload_config(gate: &Gate) -> bool {
+    let Some(path) = &gate.settings.source else {
         return false;
     };
     let settings = match Settings::load(path) {
@@ -177,44 +177,35 @@ fn reload_config(shared: &Shared) -> bool {
             return false;
         }
     };
-    let old = &shared.settings;
-    let restart_needed = [
-        (
-            "listen",
-            format!("{:?}", old.listen) != format!("{:?}", settings.listen),
-        ),
-        (
-            "upstream",
-            format!("{:?}", old.upstream) != format!("{:?}", settings.upstream),
-        ),
-        (
-            "jwt",
-            format!("{:?}", old.jwt) != format!("{:?}", settings.jwt),
-        ),
-        (
-            "metrics",
-            format!("{:?}", old.metrics) != format!("{:?}", settings.metrics),
-        ),
-        (
-            "log",
-            format!("{:?}", old.log) != format!("{:?}", settings.log),
-        ),
-    ];
-    for (section, changed) in restart_needed {
-        if changed {
-            warn!(
-                section,
-                "this section changed; it takes effect after a restart"
-            );
-        }
+    for section in restart_needed(&gate.settings, &settings) {
+        warn!(
+            section,
+            "this section changed; it takes effect after a restart"
+        );
     }
-    shared.install_authenticator(authenticator);
+    gate.install_authenticator(authenticator);
     info!(users = settings.users.len(), "config reloaded");
     true
 }
 
+/// The sections of the config that a reload does not apply, and that
+/// changed: compared by value (secrets included, though they print as
+/// MASKED).
+fn restart_needed(old: &Settings, new: &Settings) -> Vec<&'static str> {
+    [
+        ("listen", old.listen != new.listen),
+        ("upstream", old.upstream != new.upstream),
+        ("jwt", old.jwt != new.jwt),
+        ("metrics", old.metrics != new.metrics),
+        ("log", old.log != new.log),
+    ]
+    .into_iter()
+    .filter_map(|(section, changed)| changed.then_some(section))
+    .collect()
+}
+
 /// Reads and applies one account JWT file. Returns whether anything changed.
-fn apply_file(shared: &Shared, path: &Path) -> bool {
+fn apply_file(gate: &Gate, path: &Path) -> bool {
     let token = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
@@ -223,7 +214,7 @@ fn apply_file(shared: &Shared, path: &Path) -> bool {
         }
     };
     let mut outcome = None;
-    shared.update_trust(|trust| {
+    gate.update_trust(|trust| {
         let result = trust.upsert_account_jwt(&token, SystemTime::now());
         let changed = matches!(
             result,
@@ -242,5 +233,36 @@ fn apply_file(shared: &Shared, path: &Path) -> bool {
             warn!(file = %path.display(), error = %e, "account JWT refused; the old one stays");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(upstream_credential: &str, level: &str) -> Settings {
+        let toml = format!(
+            "[listen]\naddr = \"127.0.0.1:4222\"\n[upstream]\nservers = [\"127.0.0.1:4223\"]\n\
+             {upstream_credential}\n[log]\nlevel = \"{level}\"\n[[users]]\n\
+             nkey = \"UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4\"\n"
+        );
+        Settings::from_toml_str(&toml, Path::new(".")).expect("valid test config")
+    }
+
+    #[test]
+    fn a_changed_secret_is_a_change_though_it_prints_masked() {
+        let old = settings("user = \"gate\"\npassword = \"one\"", "info");
+        let new = settings("user = \"gate\"\npassword = \"two\"", "info");
+        assert_eq!(
+            format!("{:?}", old.upstream),
+            format!("{:?}", new.upstream),
+            "the secrets print alike"
+        );
+        assert_eq!(restart_needed(&old, &new), vec!["upstream"]);
+        let token = settings("token = \"t1\"", "debug");
+        let other = settings("token = \"t2\"", "debug");
+        assert_eq!(restart_needed(&token, &other), vec!["upstream"]);
+        assert_eq!(restart_needed(&old, &old.clone()), Vec::<&str>::new());
+        assert_eq!(restart_needed(&token, &old), vec!["upstream", "log"]);
     }
 }

@@ -1,0 +1,276 @@
+//! The state every session reads: the settings, the authenticator (swapped
+//! whole on a reload or account update), the upstream pool, the metrics,
+//! natsgate's server identity, the per-account connection counts, and the
+//! INFO natsgate sends its clients.
+//!
+//! Does not own: accepting connections ([`crate::listener`]), the reload
+//! itself ([`crate::reload`]), or anything of one connection
+//! ([`crate::session`]).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::auth::jwt::{Disconnect, JwtUser, TrustStore};
+use crate::auth::{AuthFailure, Authenticator, Identity};
+use crate::config::{Credential, Settings};
+use crate::metrics::Metrics;
+use crate::permissions::{PermissionSpec, Permissions};
+use crate::protocol::connect::ConnectOptions;
+use crate::protocol::info::{ClientInfo, UpstreamInfo};
+use crate::upstream::UpstreamPool;
+
+/// What every session reads and the reload changes.
+#[derive(Debug)]
+pub struct Gate {
+    pub settings: Settings,
+    /// Swapped whole on a reload or account update; sessions load it
+    /// without a lock.
+    auth: ArcSwap<Authenticator>,
+    /// Serialises the swaps (read, change, store).
+    auth_writer: Mutex<()>,
+    pub upstream: UpstreamPool,
+    pub metrics: Metrics,
+    /// TLS for clients (`[listen.tls]`).
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// natsgate's own server id (an `N...` public key), shown in INFO.
+    pub server_id: String,
+    pub listen: SocketAddr,
+    /// Bumped after every accepted account update; JWT sessions watch it.
+    accounts_generation: watch::Sender<u64>,
+    /// Open connections per account public key (for the account `conn`
+    /// limit, counted per natsgate instance).
+    account_connections: Mutex<HashMap<String, i64>>,
+    user_info_seq: AtomicU64,
+}
+
+impl Gate {
+    /// Builds the shared state; fails when a TLS setting cannot be used.
+    pub fn new(
+        settings: Settings,
+        authenticator: Authenticator,
+        listen: SocketAddr,
+        metrics: Metrics,
+    ) -> Result<Gate, crate::tls::TlsError> {
+        let tls_server = match &settings.listen.tls {
+            Some(tls) => Some(crate::tls::server_config(tls)?),
+            None => None,
+        };
+        let upstream_tls = crate::tls::client_config(settings.upstream.tls.as_ref())?;
+        let assumed = UpstreamInfo::assumed(settings.listen.max_payload);
+        let upstream = UpstreamPool::new(
+            settings.upstream.servers.clone(),
+            settings.upstream.connect_timeout,
+            assumed,
+            metrics.clone(),
+            upstream_tls,
+            settings.upstream.tls.clone(),
+        );
+        Ok(Gate {
+            settings,
+            auth: ArcSwap::from_pointee(authenticator),
+            auth_writer: Mutex::new(()),
+            upstream,
+            metrics,
+            tls_server,
+            server_id: nkeys::KeyPair::new_server().public_key(),
+            listen,
+            accounts_generation: watch::Sender::new(0),
+            account_connections: Mutex::new(HashMap::new()),
+            user_info_seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Applies `change` to a copy of the trust store and installs it if
+    /// `change` returns true. Returns what `change` returned.
+    pub fn update_trust(&self, change: impl FnOnce(&mut TrustStore) -> bool) -> bool {
+        let _writer = self.auth_writer.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.auth.load_full();
+        let Some(mut trust) = current.trust().cloned() else {
+            return false;
+        };
+        if !change(&mut trust) {
+            return false;
+        }
+        self.auth.store(Arc::new(current.with_trust(trust)));
+        true
+    }
+
+    /// Installs a new authenticator (a config reload).
+    pub fn install_authenticator(&self, authenticator: Authenticator) {
+        let _writer = self.auth_writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.auth.store(Arc::new(authenticator));
+    }
+
+    /// A static user's current permissions: `None` when the user is gone.
+    pub fn static_user(&self, nkey: &str) -> Option<(Arc<Permissions>, Arc<PermissionSpec>)> {
+        self.authenticator().static_user(nkey)
+    }
+
+    /// Tells sessions to re-check themselves: JWT users against their
+    /// accounts, static users against the reloaded config.
+    pub fn accounts_changed(&self) {
+        self.accounts_generation.send_modify(|g| *g += 1);
+    }
+
+    /// A receiver that changes after every account update.
+    pub fn watch_accounts(&self) -> watch::Receiver<u64> {
+        self.accounts_generation.subscribe()
+    }
+
+    /// Re-checks a connected JWT user against the current account.
+    pub fn recheck(&self, user: &JwtUser) -> Result<(), Disconnect> {
+        match self.authenticator().trust() {
+            Some(trust) => trust.recheck(user, SystemTime::now()),
+            None => Err(Disconnect::AuthorizationViolation),
+        }
+    }
+
+    /// Counts a connection against its account's `conn` limit. `None` when
+    /// the limit is reached; the guard gives the slot back when dropped.
+    pub fn account_slot(self: &Arc<Self>, identity: &Identity) -> Option<AccountSlot> {
+        let Some(jwt) = &identity.jwt else {
+            return Some(AccountSlot {
+                gate: None,
+                account: String::new(),
+            });
+        };
+        let limit = self
+            .authenticator()
+            .trust()
+            .and_then(|t| t.account(&jwt.account_key))
+            .map_or(-1, |a| a.limits.conn);
+        let mut counts = self
+            .account_connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(jwt.account_key.clone()).or_insert(0);
+        if limit >= 0 && *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(AccountSlot {
+            gate: Some(self.clone()),
+            account: jwt.account_key.clone(),
+        })
+    }
+
+    fn authenticator(&self) -> Arc<Authenticator> {
+        self.auth.load_full()
+    }
+
+    /// Authenticates a CONNECT with the current users and JWTs.
+    pub fn authenticate(
+        &self,
+        opts: &ConnectOptions,
+        nonce: &[u8],
+        ip: IpAddr,
+    ) -> Result<Identity, AuthFailure> {
+        self.authenticator()
+            .authenticate(opts, nonce, ip, SystemTime::now())
+    }
+
+    /// The upstream credential for a user: its account's
+    /// `[[upstream.accounts]]` entry (by account name or public key), else
+    /// the default one.
+    pub fn credential_for(&self, identity: &Identity) -> &Credential {
+        let upstream = &self.settings.upstream;
+        if !identity.account.is_empty() || !identity.account_name.is_empty() {
+            for entry in &upstream.accounts {
+                if entry.account == identity.account || entry.account == identity.account_name {
+                    return &entry.credential;
+                }
+            }
+        }
+        &upstream.credential
+    }
+
+    /// The max payload a client may send: natsgate's setting, never above
+    /// the upstream's, and the user's or account's limit.
+    pub fn max_payload(&self, facts: &UpstreamInfo, user: Option<usize>) -> usize {
+        let upstream = usize::try_from(facts.max_payload).unwrap_or(0);
+        let mut max = self.settings.listen.max_payload;
+        if upstream > 0 {
+            max = max.min(upstream);
+        }
+        if let Some(user) = user {
+            max = max.min(user);
+        }
+        max
+    }
+
+    /// natsgate's INFO for a client.
+    pub fn client_info(
+        &self,
+        facts: &UpstreamInfo,
+        client_id: u64,
+        ip: IpAddr,
+        nonce: Option<&str>,
+        identity: Option<&Identity>,
+    ) -> ClientInfo {
+        ClientInfo {
+            server_id: self.server_id.clone(),
+            server_name: self.settings.listen.server_name.clone(),
+            version: facts.version.clone(),
+            proto: facts.proto,
+            git_commit: facts.git_commit.clone(),
+            go: facts.go.clone(),
+            host: self.listen.ip().to_string(),
+            port: self.listen.port(),
+            headers: facts.headers,
+            auth_required: true,
+            tls_required: self.settings.listen.tls.is_some(),
+            tls_verify: self
+                .settings
+                .listen
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.ca_file.is_some()),
+            max_payload: i64::try_from(
+                self.max_payload(facts, identity.and_then(|i| i.max_payload)),
+            )
+            .unwrap_or(i64::MAX),
+            jetstream: facts.jetstream,
+            client_id,
+            client_ip: ip.to_string(),
+            nonce: nonce.unwrap_or_default().to_string(),
+            domain: facts.domain.clone(),
+            connect_urls: self.settings.listen.advertise.clone(),
+            api_lvl: facts.api_lvl,
+            ..ClientInfo::default()
+        }
+    }
+
+    /// The next sequence number of a `$SYS.REQ.USER.INFO` answer.
+    pub fn next_user_info_seq(&self) -> u64 {
+        self.user_info_seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// A connection counted against its account's `conn` limit.
+#[derive(Debug)]
+pub struct AccountSlot {
+    gate: Option<Arc<Gate>>,
+    account: String,
+}
+
+impl Drop for AccountSlot {
+    fn drop(&mut self) {
+        let Some(gate) = &self.gate else { return };
+        let mut counts = gate
+            .account_connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.account) {
+            *count -= 1;
+            if *count <= 0 {
+                counts.remove(&self.account);
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! natsgate as a whole: builds the [`Gate`], starts the account watcher and
+//! reload ([`crate::reload`]), the metrics endpoint and its upstream probe,
+//! then runs the [`crate::listener`] until the shutdown token is cancelled,
+//! and waits for the sessions ([`crate::shutdown`]).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::Error;
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::gate::Gate;
+use crate::metrics::{self, Metrics};
+
+/// How long the metrics endpoint may take to stop after the sessions ended.
+const ENDPOINT_STOP: Duration = Duration::from_secs(1);
+/// How often the upstream is probed for `/healthz`.
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Runs natsgate on an already bound listener until `shutdown` is
+/// cancelled. The `[metrics]` endpoint, when configured, is bound here.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let metrics_listener = match &settings.metrics {
+        Some(m) => Some(
+            TcpListener::bind(m.addr.as_str())
+                .await
+                .map_err(|source| Error::Io {
+                    context: format!("metrics address {}", m.addr),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    run_with_listeners(settings, listener, metrics_listener, shutdown).await
+}
+
+/// As [`run`], with the metrics listener bound by the caller (tests bind
+/// port 0 and need to know the port).
+pub async fn run_with_listeners(
+    settings: Settings,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let authenticator = Authenticator::load(&settings, SystemTime::now())?;
+    let local = listener.local_addr().map_err(|source| Error::Io {
+        context: "listener address".into(),
+        source,
+    })?;
+    let grace = settings.listen.shutdown_grace;
+    let gate = Arc::new(Gate::new(settings, authenticator, local, Metrics::new())?);
+    if !gate.upstream.probe().await {
+        warn!("no upstream server reachable at start; clients will be refused until one is");
+    }
+    info!(addr = %local, "natsgate listening");
+    let tracker = TaskTracker::new();
+    let sessions = shutdown.child_token();
+    tracker.spawn(crate::reload::watch(gate.clone(), sessions.clone()));
+    // The metrics endpoint outlives the sessions: what they deliver while
+    // they drain is counted and can still be scraped.
+    let endpoint = TaskTracker::new();
+    let endpoint_stop = CancellationToken::new();
+    if let Some(metrics_listener) = metrics_listener {
+        if let Ok(addr) = metrics_listener.local_addr() {
+            info!(addr = %addr, "metrics listening");
+        }
+        let health = gate.clone();
+        let healthy = move || health.upstream.reachable();
+        endpoint.spawn(metrics::serve(
+            metrics_listener,
+            gate.metrics.clone(),
+            healthy,
+            endpoint_stop.clone(),
+        ));
+        // /healthz must reflect the upstream even when no client connects.
+        endpoint.spawn(probe_upstream(gate.clone(), endpoint_stop.clone()));
+    }
+    crate::listener::accept(&gate, listener, &shutdown, &sessions, &tracker).await;
+    info!("shutting down");
+    sessions.cancel();
+    crate::shutdown::wait_for_sessions(tracker, grace).await;
+    endpoint_stop.cancel();
+    endpoint.close();
+    let _ = tokio::time::timeout(ENDPOINT_STOP, endpoint.wait()).await;
+    Ok(())
+}
+
+/// Keeps the upstream-reachable state fresh for `/healthz`.
+async fn probe_upstream(gate: Arc<Gate>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(HEALTH_PROBE_INTERVAL) => {}
+        }
+        gate.upstream.probe().await;
+    }
+}

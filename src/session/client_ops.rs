@@ -1,0 +1,269 @@
+//! Client → upstream: every frame the client sends, checked in nats-server's
+//! order. Passing frames go on verbatim; natsgate's own answers (`+OK`,
+//! `-ERR`, `$SYS.REQ.USER.INFO`) go to the client through [`Order`], so
+//! they keep the client's op order.
+
+use std::ops::ControlFlow;
+
+use bytes::Bytes;
+use tracing::debug;
+
+use super::Close;
+use super::order::{Order, Ping};
+use super::pieces::{Pieces, Scanned, scan};
+use super::relay::Relay;
+use super::subs::Delivery;
+use super::{post_auth_check, until};
+use crate::metrics::Direction;
+use crate::permissions::{Authorizer, PublishDecision};
+use crate::protocol::client::{self, ClientOp};
+use crate::protocol::encode;
+use crate::protocol::subject::{is_valid_literal_subject, is_valid_subject};
+use crate::transport::OutQueue;
+
+/// The subject natsgate answers itself (spec 9.4).
+const USER_INFO: &[u8] = b"$SYS.REQ.USER.INFO";
+
+impl Relay {
+    /// Handles every complete frame the client sent, queueing what passes
+    /// for the upstream. A fatal frame ends the connection, after the
+    /// frames before it.
+    pub(super) fn process_client(&mut self) -> Result<(), Close> {
+        let input = self.client.take_input();
+        let mut pieces = Pieces::default();
+        let now = std::time::Instant::now();
+        let limits = self.user.limits;
+        let (used, stop) = scan(
+            &input,
+            |buf| client::parse(buf, &limits),
+            |op, start, end| self.client_op(op, start, end, &mut pieces, now),
+        );
+        let (needed, result) = match stop {
+            Scanned::Incomplete(needed) => (needed, Ok(())),
+            Scanned::Stopped(close) => (None, Err(close)),
+            Scanned::Error(e) => {
+                debug!(error = e.reason(), "client protocol error");
+                let error = e.error_text().map(Bytes::from_static);
+                (None, Err(Close::Gate { error }))
+            }
+        };
+        let handled = self.client.consumed(input, used, needed);
+        pieces.drain_into(&handled, &mut self.upstream.out);
+        if pieces.messages > 0 {
+            self.gate.metrics.relayed(
+                Direction::ClientToUpstream,
+                pieces.messages,
+                pieces.payload_bytes,
+            );
+        }
+        result
+    }
+
+    fn client_op(
+        &mut self,
+        op: ClientOp<'_>,
+        start: usize,
+        end: usize,
+        pieces: &mut Pieces,
+        now: std::time::Instant,
+    ) -> ControlFlow<Close> {
+        let out = &mut self.client.out;
+        let order = &mut self.order;
+        let user = &mut self.user;
+        let verbose = user.opts.verbose;
+        let ok = |order: &mut Order, out: &mut OutQueue| {
+            if verbose {
+                order.frame(Bytes::from_static(encode::OK), out);
+            }
+        };
+        match op {
+            ClientOp::Pub {
+                subject,
+                reply,
+                payload_len,
+                ..
+            }
+            | ClientOp::Hpub {
+                subject,
+                reply,
+                total_len: payload_len,
+                ..
+            } => {
+                if user.opts.pedantic && !is_valid_literal_subject(subject) {
+                    let err = Bytes::from_static(encode::ERR_INVALID_PUBLISH_SUBJECT);
+                    order.frame(err, out);
+                }
+                match user.authz.check_publish(subject, reply, now) {
+                    PublishDecision::Allow
+                        if subject == USER_INFO && reply.is_some_and(|r| !r.is_empty()) =>
+                    {
+                        ok(order, out);
+                        self.answer_user_info(reply.unwrap_or_default(), pieces, now);
+                    }
+                    PublishDecision::Allow => {
+                        pieces.pass(start, end);
+                        pieces.count(payload_len);
+                        ok(order, out);
+                    }
+                    PublishDecision::DenySubject => {
+                        order.frame(encode::publish_violation(subject), out);
+                        self.gate
+                            .metrics
+                            .publish_denied(&user.identity.account_name);
+                        debug!(subject = %String::from_utf8_lossy(subject), "publish denied");
+                    }
+                    PublishDecision::DenyReply => {
+                        let reply = reply.unwrap_or_default();
+                        order.frame(encode::reply_violation(reply), out);
+                        self.gate
+                            .metrics
+                            .publish_denied(&user.identity.account_name);
+                        debug!(reply = %String::from_utf8_lossy(reply), "publish reply denied");
+                    }
+                }
+            }
+            ClientOp::Sub {
+                subject,
+                queue,
+                sid,
+            } => {
+                if !user.authz.check_subscribe(subject, queue) {
+                    order.frame(encode::subscribe_violation(subject, queue), out);
+                    self.gate
+                        .metrics
+                        .subscribe_denied(&user.identity.account_name);
+                    debug!(subject = %String::from_utf8_lossy(subject), "subscription denied");
+                } else if user
+                    .identity
+                    .max_subscriptions
+                    .is_some_and(|max| user.subs.len() >= max)
+                {
+                    order.frame(Bytes::from_static(encode::ERR_MAX_SUBS), out);
+                } else if user.subs.contains(sid) {
+                    // nats-server ignores a SUB that reuses a sid.
+                    ok(order, out);
+                } else if !is_valid_subject(subject) {
+                    order.frame(Bytes::from_static(encode::ERR_INVALID_SUBJECT), out);
+                } else {
+                    user.subs.insert(sid, subject, queue);
+                    pieces.pass(start, end);
+                    ok(order, out);
+                }
+            }
+            ClientOp::Unsub { sid, max } => {
+                ok(order, out);
+                match max {
+                    // Counted here, because natsgate may filter deliveries
+                    // that the upstream would count.
+                    Some(max) => {
+                        if user.subs.contains(sid) && !user.subs.limit(sid, max) {
+                            pieces.made(encode::unsub(sid));
+                        }
+                    }
+                    None => {
+                        if user.subs.remove(sid) {
+                            pieces.pass(start, end);
+                        }
+                    }
+                }
+            }
+            ClientOp::Ping => {
+                order.ping(Ping::Client);
+                pieces.pass(start, end);
+            }
+            ClientOp::Pong => self.keepalive.answered(),
+            ClientOp::Ok => {}
+            // nats-server closes without a word on a client's -ERR and on
+            // an INFO that is not JSON.
+            ClientOp::Err => return ControlFlow::Break(Close::Gate { error: None }),
+            ClientOp::Info(json) => {
+                if serde_json::from_slice::<serde_json::Value>(json).is_err() {
+                    return ControlFlow::Break(Close::Gate { error: None });
+                }
+            }
+            ClientOp::Connect(json) => return self.reconnect(json, pieces),
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// A second CONNECT (spec 2.7): decoded over the previous options,
+    /// re-authenticated against the original nonce; the subscriptions go.
+    fn reconnect(&mut self, json: &[u8], pieces: &mut Pieces) -> ControlFlow<Close> {
+        let user = &mut self.user;
+        let mut opts = user.opts.clone();
+        // A CONNECT without `jwt` re-authenticates with the one presented
+        // before (spec 2.7); the relay keeps it only in the identity.
+        if opts.jwt.is_none() {
+            opts.jwt = user.identity.jwt.as_ref().map(|u| u.jwt.to_string());
+        }
+        if opts.merge_json(json).is_err() {
+            return ControlFlow::Break(Close::Gate { error: None });
+        }
+        let identity = match self
+            .gate
+            .authenticate(&opts, user.nonce.as_bytes(), user.peer.ip())
+        {
+            Ok(identity) => identity,
+            Err(failure) => {
+                debug!(reason = failure.reason.label(), detail = %failure.detail, "re-authentication failed");
+                self.gate.metrics.auth_failed(failure.reason);
+                let error = Some(Bytes::from_static(encode::ERR_AUTH_VIOLATION));
+                return ControlFlow::Break(Close::Gate { error });
+            }
+        };
+        let facts = self.gate.upstream.facts();
+        if let Some(text) = post_auth_check(&opts, facts.headers) {
+            let error = Some(Bytes::from_static(text));
+            return ControlFlow::Break(Close::Gate { error });
+        }
+        let same_upstream = std::ptr::eq(
+            self.gate.credential_for(&identity),
+            self.gate.credential_for(&user.identity),
+        ) && opts.echo == user.opts.echo
+            && opts.headers == user.opts.headers
+            && opts.no_responders == user.opts.no_responders;
+        if !same_upstream {
+            // The upstream connection was made for other options or another
+            // account; the client reconnects and gets a fitting one.
+            debug!("second CONNECT needs another upstream connection; closing");
+            return ControlFlow::Break(Close::Gate { error: None });
+        }
+        for sid in user.subs.clear() {
+            pieces.made(encode::unsub(&sid));
+        }
+        user.authz = Authorizer::new(identity.permissions.clone(), identity.system_account);
+        user.limits.max_payload = self.gate.max_payload(&facts, identity.max_payload);
+        let now = tokio::time::Instant::now();
+        user.user_expiry = identity.expires_at.map(|t| now + until(t));
+        user.account_expiry = identity.account_expires_at.map(|t| now + until(t));
+        user.identity = identity;
+        user.opts = opts;
+        if user.opts.verbose {
+            self.order
+                .frame(Bytes::from_static(encode::OK), &mut self.client.out);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Answers `$SYS.REQ.USER.INFO` for the client's own identity (spec
+    /// 9.4): the upstream would describe natsgate's credential instead. The
+    /// reply goes to this connection's subscriptions that match it.
+    fn answer_user_info(&mut self, reply: &[u8], pieces: &mut Pieces, now: std::time::Instant) {
+        let user = &mut self.user;
+        let payload = super::user_info::render(&self.gate, &user.identity);
+        for (sid, _) in user.subs.matching(reply) {
+            let authz = &mut user.authz;
+            let delivery = user
+                .subs
+                .deliver(&sid, |queue| authz.filter_delivery(reply, queue, None, now));
+            if matches!(delivery, Delivery::Unknown | Delivery::Filtered) {
+                continue;
+            }
+            let frame = encode::msg(reply, &sid, None, &payload);
+            self.order.frame(frame, &mut self.client.out);
+            if delivery == Delivery::DeliverLast {
+                pieces.made(encode::unsub(&sid));
+            }
+        }
+    }
+}

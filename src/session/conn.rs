@@ -1,0 +1,191 @@
+//! One side of the relay: a socket, what was read from it and not yet
+//! handled, what waits to be written to it, how much to read at a time, and
+//! since when its queue has been full. The relay holds two, the client and
+//! the upstream, and drives both the same way.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
+
+use crate::transport::{OutQueue, Transport};
+
+/// The smallest and largest reads: reads grow while they fill the buffer
+/// and shrink when the traffic is light, as nats-server's read buffer does,
+/// so idle connections hold little and busy ones read 64 KiB at a time.
+const MIN_READ: usize = 4 * 1024;
+const MAX_READ: usize = 64 * 1024;
+
+/// A side is not read while the queue it feeds holds more than this.
+pub(super) const HIGH_WATER: usize = 1024 * 1024;
+
+/// What one read gave.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Read {
+    /// Bytes were appended to the input.
+    Data,
+    /// Nothing yet (a spurious wake-up).
+    Nothing,
+    /// The peer closed, or the socket failed.
+    Closed,
+}
+
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub transport: Transport,
+    /// Read and not handled yet: at most one incomplete frame between reads.
+    pub input: BytesMut,
+    /// Waiting to be written to this side.
+    pub out: OutQueue,
+    read: ReadSize,
+    /// Since when [`Conn::out`] has held [`HIGH_WATER`] bytes or more.
+    full_since: Option<Instant>,
+}
+
+impl Conn {
+    pub fn new(transport: Transport, input: BytesMut) -> Conn {
+        Conn {
+            transport,
+            input,
+            out: OutQueue::default(),
+            read: ReadSize::default(),
+            full_since: None,
+        }
+    }
+
+    /// Reads what the socket has, without blocking.
+    pub fn read(&mut self) -> Read {
+        let asked = self.read.reserve(&mut self.input);
+        match self.transport.try_read_buf(&mut self.input) {
+            Ok(0) => Read::Closed,
+            Ok(n) => {
+                self.read.update(n, asked);
+                Read::Data
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Read::Nothing,
+            Err(_) => Read::Closed,
+        }
+    }
+
+    /// Takes the input to parse (the relay handles it, then gives back the
+    /// rest with [`Conn::consumed`]).
+    pub fn take_input(&mut self) -> BytesMut {
+        std::mem::take(&mut self.input)
+    }
+
+    /// The first `used` bytes of `input` were handled: returns them (to
+    /// slice verbatim output from) and keeps the rest, a frame in progress
+    /// of `needed` bytes in all when known.
+    pub fn consumed(&mut self, mut input: BytesMut, used: usize, needed: Option<usize>) -> Bytes {
+        let handled = input.split_to(used).freeze();
+        self.read.expect(needed);
+        // An empty buffer gives its memory back: idle connections hold none.
+        self.input = if input.is_empty() {
+            BytesMut::new()
+        } else {
+            input
+        };
+        handled
+    }
+
+    /// Whether anything waits to be written (queued bytes or TLS records).
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty() || self.transport.wants_write()
+    }
+
+    /// Writes what the socket takes now, and notes whether the queue stays
+    /// full.
+    pub fn flush(&mut self, now: Instant) -> io::Result<()> {
+        if self.has_output() {
+            self.transport.write_queue(&mut self.out)?;
+        }
+        if self.out.len() < HIGH_WATER {
+            self.full_since = None;
+        } else if self.full_since.is_none() {
+            self.full_since = Some(now);
+        }
+        Ok(())
+    }
+
+    /// When this side becomes a slow consumer: its queue full for `deadline`.
+    pub fn stalled_at(&self, deadline: Duration) -> Option<Instant> {
+        self.full_since.map(|since| since + deadline)
+    }
+}
+
+/// The adaptive read size of one side.
+#[derive(Debug)]
+struct ReadSize {
+    size: usize,
+    /// The length the buffer must reach to hold the frame being read.
+    frame_end: Option<usize>,
+}
+
+impl Default for ReadSize {
+    fn default() -> Self {
+        ReadSize {
+            size: MIN_READ,
+            frame_end: None,
+        }
+    }
+}
+
+impl ReadSize {
+    /// Makes room in `buf` for the next read; returns the room made.
+    fn reserve(&mut self, buf: &mut BytesMut) -> usize {
+        let frame_rest = self
+            .frame_end
+            .take()
+            .map_or(0, |end| end.saturating_sub(buf.len()));
+        buf.reserve(self.size.max(frame_rest));
+        buf.capacity() - buf.len()
+    }
+
+    fn update(&mut self, read: usize, asked: usize) {
+        if read >= asked {
+            self.size = (self.size * 2).min(MAX_READ);
+        } else if read < asked / 4 {
+            self.size = (self.size / 2).max(MIN_READ);
+        }
+    }
+
+    /// The frame in progress is `end` bytes long (from the buffer's start).
+    fn expect(&mut self, end: Option<usize>) {
+        self.frame_end = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_grow_when_full_and_shrink_when_light() {
+        let mut size = ReadSize::default();
+        assert_eq!(size.size, MIN_READ);
+        for _ in 0..10 {
+            size.update(size.size, size.size);
+        }
+        assert_eq!(size.size, MAX_READ, "capped");
+        size.update(MAX_READ / 2, MAX_READ);
+        assert_eq!(size.size, MAX_READ, "half full: unchanged");
+        for _ in 0..10 {
+            size.update(1, size.size);
+        }
+        assert_eq!(size.size, MIN_READ, "floored");
+    }
+
+    #[test]
+    fn a_large_frame_in_progress_gets_room_for_all_of_it_once() {
+        let mut size = ReadSize::default();
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[0; 100]);
+        size.expect(Some(200_000));
+        let room = size.reserve(&mut buf);
+        assert!(room >= 200_000 - 100, "room {room}");
+        // The next read asks for the usual size again.
+        let mut small = BytesMut::new();
+        assert!(size.reserve(&mut small) < 200_000);
+    }
+}

@@ -1,0 +1,224 @@
+//! Upstream → client: deliveries filtered where nats-server would filter
+//! them (spec 4.5) and counted for `UNSUB <sid> <max>`, `PONG`s matched to
+//! the `PING`s that asked for them (releasing what [`super::order::Order`]
+//! held behind them), and the upstream's own keep-alive answered.
+
+use std::ops::ControlFlow;
+
+use bytes::Bytes;
+use tracing::{debug, trace};
+
+use super::Close;
+use super::order::Ping;
+use super::pieces::{Pieces, Scanned, scan};
+use super::relay::Relay;
+use super::subs::Delivery;
+use crate::metrics::Direction;
+use crate::protocol::encode;
+use crate::protocol::info::UpstreamInfo;
+use crate::protocol::server::{self, ServerOp};
+
+/// The status line of the no-responders message nats-server sends to a
+/// requester (spec 1.9); it does not count towards `UNSUB <sid> <max>`.
+const NO_RESPONDERS_STATUS: &[u8] = b"NATS/1.0 503";
+
+impl Relay {
+    /// Handles every complete frame the upstream sent, queueing what the
+    /// client gets.
+    pub(super) fn process_upstream(&mut self) -> Result<(), Close> {
+        let input = self.upstream.take_input();
+        let mut pieces = Pieces::default();
+        let now = std::time::Instant::now();
+        let limits = self.upstream_limits;
+        let (used, stop) = scan(
+            &input,
+            |buf| server::parse(buf, &limits),
+            |op, start, end| {
+                self.upstream_op(op, &input[start..end], start, end, &mut pieces, now);
+                ControlFlow::<()>::Continue(())
+            },
+        );
+        let (needed, result) = match stop {
+            Scanned::Incomplete(needed) => (needed, Ok(())),
+            Scanned::Stopped(()) => (None, Ok(())),
+            Scanned::Error(e) => {
+                debug!(error = e.reason(), "upstream protocol error");
+                (None, Err(Close::UpstreamGone))
+            }
+        };
+        let handled = self.upstream.consumed(input, used, needed);
+        pieces.drain_into(&handled, &mut self.client.out);
+        if pieces.messages > 0 {
+            self.gate.metrics.relayed(
+                Direction::UpstreamToClient,
+                pieces.messages,
+                pieces.payload_bytes,
+            );
+        }
+        result
+    }
+
+    fn upstream_op(
+        &mut self,
+        op: ServerOp<'_>,
+        frame: &[u8],
+        start: usize,
+        end: usize,
+        pieces: &mut Pieces,
+        now: std::time::Instant,
+    ) {
+        match op {
+            ServerOp::Msg {
+                subject,
+                sid,
+                reply,
+                payload_len,
+            } => self.deliver(
+                subject,
+                sid,
+                reply,
+                payload_len,
+                false,
+                (start, end),
+                pieces,
+                now,
+            ),
+            ServerOp::Hmsg {
+                subject,
+                sid,
+                reply,
+                header_len,
+                total_len,
+            } => {
+                let status = header_len == total_len && is_no_responders(frame, total_len);
+                self.deliver(
+                    subject,
+                    sid,
+                    reply,
+                    total_len,
+                    status,
+                    (start, end),
+                    pieces,
+                    now,
+                );
+            }
+            ServerOp::Ping => self.upstream.out.push_static(encode::PONG),
+            ServerOp::Pong => match self.order.pong() {
+                Some(Ping::Client) => {
+                    pieces.made(Bytes::from_static(encode::PONG));
+                    if self.connect_info_due {
+                        self.connect_info_due = false;
+                        pieces.made(Bytes::from(self.connect_info(false)));
+                    }
+                    self.order.release(pieces);
+                }
+                Some(Ping::Gate) => self.order.release(pieces),
+                None => {}
+            },
+            ServerOp::Ok => {}
+            ServerOp::Err(_) => pieces.pass(start, end),
+            ServerOp::Info(json) => {
+                let ldm = UpstreamInfo::parse(json).is_ok_and(|i| i.ldm);
+                if ldm && self.user.opts.protocol >= 1 {
+                    let info = Bytes::from(self.connect_info(true));
+                    self.order.frame(info, pieces);
+                }
+            }
+        }
+    }
+
+    /// One MSG/HMSG for `sid`: passed on verbatim unless the client left
+    /// the sid or nats-server would have filtered it. A `status` message
+    /// (the 503 no-responders) is not counted against `UNSUB <sid> <max>`.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        &mut self,
+        subject: &[u8],
+        sid: &[u8],
+        reply: Option<&[u8]>,
+        payload_len: usize,
+        status: bool,
+        (start, end): (usize, usize),
+        pieces: &mut Pieces,
+        now: std::time::Instant,
+    ) {
+        let user = &mut self.user;
+        let authz = &mut user.authz;
+        let accept = |queue: Option<&[u8]>| authz.filter_delivery(subject, queue, reply, now);
+        let delivery = if status {
+            user.subs.deliver_uncounted(sid, accept)
+        } else {
+            user.subs.deliver(sid, accept)
+        };
+        match delivery {
+            Delivery::Unknown => trace!("delivery for a sid the client has left"),
+            Delivery::Filtered => {
+                trace!(subject = %String::from_utf8_lossy(subject), "delivery filtered");
+            }
+            Delivery::Deliver | Delivery::DeliverLast => {
+                pieces.pass(start, end);
+                pieces.count(payload_len);
+                if delivery == Delivery::DeliverLast {
+                    self.upstream.out.push(encode::unsub(sid));
+                }
+            }
+        }
+    }
+
+    /// natsgate's INFO for this connection: the connect-info INFO after the
+    /// first PONG (spec 1.9), or the lame-duck INFO.
+    pub(super) fn connect_info(&self, ldm: bool) -> Vec<u8> {
+        let user = &self.user;
+        let facts = self.gate.upstream.facts();
+        let mut info = self.gate.client_info(
+            &facts,
+            user.client_id,
+            user.peer.ip(),
+            None,
+            Some(&user.identity),
+        );
+        info.max_payload = i64::try_from(user.limits.max_payload).unwrap_or(i64::MAX);
+        if ldm {
+            info.ldm = true;
+        } else {
+            info.connect_info = true;
+            info.remote_account = if user.identity.account.is_empty() {
+                "$G".to_string()
+            } else {
+                user.identity.account.clone()
+            };
+            info.acc_is_sys = user.identity.system_account;
+        }
+        info.to_frame()
+    }
+}
+
+/// Whether the HMSG `frame` (header only, `header_len` bytes) carries the
+/// no-responders status.
+fn is_no_responders(frame: &[u8], header_len: usize) -> bool {
+    let header_start = frame.len() - 2 - header_len;
+    frame[header_start..].starts_with(NO_RESPONDERS_STATUS)
+        && matches!(
+            frame.get(header_start + NO_RESPONDERS_STATUS.len()),
+            Some(b'\r' | b' ')
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_no_responders_status_is_recognised() {
+        let hdr = b"NATS/1.0 503\r\nNats-Subject: a.b\r\n\r\n";
+        let mut frame = format!("HMSG b 1 {} {}\r\n", hdr.len(), hdr.len()).into_bytes();
+        frame.extend_from_slice(hdr);
+        frame.extend_from_slice(b"\r\n");
+        assert!(is_no_responders(&frame, hdr.len()));
+        let other = b"NATS/1.0 5030\r\n\r\n";
+        let mut frame = format!("HMSG b 1 {} {}\r\n", other.len(), other.len()).into_bytes();
+        frame.extend_from_slice(other);
+        frame.extend_from_slice(b"\r\n");
+        assert!(!is_no_responders(&frame, other.len()));
+    }
+}
