@@ -2,7 +2,6 @@
 //! the reading of credential files. Every error names the key.
 
 use std::collections::HashMap;
-
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 

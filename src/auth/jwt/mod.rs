@@ -13,6 +13,7 @@ pub mod encode;
 mod store;
 mod template;
 mod times;
+mod user_checks;
 
 #[cfg(test)]
 mod tests;
