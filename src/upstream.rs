@@ -7,10 +7,11 @@
 //! starting with the last one that worked, and returns a logged-in connection
 //! (CONNECT answered by PONG) or the reason none could be had.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use base64::Engine;
 use bytes::BytesMut;
 use serde_json::{Map, Value, json};
@@ -88,7 +89,7 @@ pub struct UpstreamPool {
     connect_timeout: Duration,
     /// The server to try first: the last one that worked.
     preferred: AtomicUsize,
-    facts: RwLock<Arc<UpstreamInfo>>,
+    facts: ArcSwap<UpstreamInfo>,
     reachable: AtomicBool,
     metrics: Metrics,
     tls: Arc<rustls::ClientConfig>,
@@ -108,7 +109,7 @@ impl UpstreamPool {
             servers,
             connect_timeout,
             preferred: AtomicUsize::new(0),
-            facts: RwLock::new(Arc::new(assumed)),
+            facts: ArcSwap::from_pointee(assumed),
             reachable: AtomicBool::new(false),
             metrics,
             tls,
@@ -123,10 +124,7 @@ impl UpstreamPool {
 
     /// The facts of the last upstream INFO seen.
     pub fn facts(&self) -> Arc<UpstreamInfo> {
-        match self.facts.read() {
-            Ok(f) => f.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.facts.load_full()
     }
 
     /// Whether the last attempt to reach an upstream server succeeded.
@@ -135,12 +133,8 @@ impl UpstreamPool {
     }
 
     fn learn(&self, info: &UpstreamInfo) {
-        let mut guard = match self.facts.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if **guard != *info {
-            *guard = Arc::new(info.clone());
+        if **self.facts.load() != *info {
+            self.facts.store(Arc::new(info.clone()));
         }
     }
 
