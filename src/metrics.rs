@@ -278,6 +278,9 @@ impl Metrics {
     /// Hot path: call it once per read batch, not per message. It is two
     /// atomic adds on pre-resolved counters, with no label lookup and no lock.
     pub fn relayed(&self, direction: Direction, messages: u64, bytes: u64) {
+        if messages == 0 {
+            return;
+        }
         let counters = match direction {
             Direction::ClientToUpstream => &self.inner.client_to_upstream,
             Direction::UpstreamToClient => &self.inner.upstream_to_client,

@@ -47,15 +47,16 @@ impl Relay {
                 (None, Err(Close::Gate { error }))
             }
         };
-        let handled = self.client.consumed(input, used, needed);
-        pieces.drain_into(&handled, &mut self.upstream.out);
-        if pieces.messages > 0 {
-            self.gate.metrics.relayed(
-                Direction::ClientToUpstream,
-                pieces.messages,
-                pieces.payload_bytes,
-            );
-        }
+        let handed = pieces.hand_over(
+            &mut self.client,
+            input,
+            used,
+            needed,
+            &mut self.upstream.out,
+        );
+        self.gate
+            .metrics
+            .relayed(Direction::ClientToUpstream, handed.0, handed.1);
         result
     }
 

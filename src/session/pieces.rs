@@ -5,8 +5,9 @@
 
 use std::ops::ControlFlow;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
+use super::conn::Conn;
 use super::order::Sink;
 use crate::protocol::{ParseError, Parsed};
 use crate::transport::OutQueue;
@@ -56,6 +57,22 @@ impl Pieces {
         if let Some((s, e)) = self.run.take() {
             self.list.push(Piece::Input(s, e));
         }
+    }
+
+    /// After a scan of `from`'s `input`: `from` keeps what was not `used`
+    /// (a frame in progress of `needed` bytes), and the pieces go into
+    /// `queue`. Returns the messages and payload bytes passed.
+    pub fn hand_over(
+        &mut self,
+        from: &mut Conn,
+        input: BytesMut,
+        used: usize,
+        needed: Option<usize>,
+        queue: &mut OutQueue,
+    ) -> (u64, u64) {
+        let handled = from.consumed(input, used, needed);
+        self.drain_into(&handled, queue);
+        (self.messages, self.payload_bytes)
     }
 
     /// Moves the pieces into `queue`, slicing the consumed input `chunk`.

@@ -46,15 +46,16 @@ impl Relay {
                 (None, Err(Close::UpstreamGone))
             }
         };
-        let handled = self.upstream.consumed(input, used, needed);
-        pieces.drain_into(&handled, &mut self.client.out);
-        if pieces.messages > 0 {
-            self.gate.metrics.relayed(
-                Direction::UpstreamToClient,
-                pieces.messages,
-                pieces.payload_bytes,
-            );
-        }
+        let handed = pieces.hand_over(
+            &mut self.upstream,
+            input,
+            used,
+            needed,
+            &mut self.client.out,
+        );
+        self.gate
+            .metrics
+            .relayed(Direction::UpstreamToClient, handed.0, handed.1);
         result
     }
 
