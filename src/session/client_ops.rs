@@ -47,16 +47,17 @@ impl Relay {
                 (None, Err(Close::Gate { error }))
             }
         };
-        let handed = pieces.hand_over(
+        let (messages, bytes) = pieces.hand_over(
             &mut self.client,
             input,
             used,
             needed,
             &mut self.upstream.out,
         );
+        self.pubs_accepted += messages;
         self.gate
             .metrics
-            .relayed(Direction::ClientToUpstream, handed.0, handed.1);
+            .relayed(Direction::ClientToUpstream, messages, bytes);
         result
     }
 

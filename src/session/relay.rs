@@ -99,6 +99,8 @@ pub struct Relay {
     /// Whether the connect-info INFO (spec 1.9) is still due.
     pub(super) connect_info_due: bool,
     pub(super) keepalive: KeepAlive,
+    /// PUB/HPUB frames passed upstream so far (logged at the close).
+    pub(super) pubs_accepted: u64,
     /// Changes after every account update and config reload.
     accounts: Option<watch::Receiver<u64>>,
     /// When this session closes by itself: shutdown began (spread over
@@ -168,6 +170,7 @@ impl Relay {
                 outstanding: 0,
                 next: next_ping,
             },
+            pubs_accepted: 0,
             closing_at: None,
             grace_end: None,
             timer: Box::pin(sleep_until(next_ping)),
@@ -218,8 +221,10 @@ impl Relay {
                 self.timer.as_mut().reset(deadline);
                 self.timer_at = deadline;
             }
+            // Not biased: under a flood from one side, the other side, the
+            // timer (shutdown, expiry) and account changes still get their
+            // turn.
             let event = tokio::select! {
-                biased;
                 _ = shutdown.cancelled(), if self.grace_end.is_none() => Event::Shutdown,
                 r = self.client.transport.readable(), if read_client => Event::ClientReadable(r.is_ok()),
                 r = self.upstream.transport.readable(), if read_upstream => Event::UpstreamReadable(r.is_ok()),
@@ -394,7 +399,7 @@ impl Relay {
     /// Ends the session without losing what was accepted (module docs), then
     /// closes both sockets.
     async fn close(mut self, why: Close) {
-        debug!(?why, "closing");
+        debug!(?why, pubs_accepted = self.pubs_accepted, "closing");
         let mut client_ok = !matches!(why, Close::ClientGone | Close::ClientSlow);
         let mut upstream_ok = !matches!(why, Close::UpstreamGone | Close::UpstreamSlow);
         if let Close::Gate { error: Some(error) } = why {
