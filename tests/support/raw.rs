@@ -379,6 +379,13 @@ impl RawClient {
         }
     }
 
+    /// The socket and the bytes read from it but not parsed yet, for a
+    /// caller that parses a high-volume stream itself (counting thousands
+    /// of MSG frames).
+    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
+        (self.stream, self.buf)
+    }
+
     /// Shuts down the write side and drops the connection.
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(self.timeout, self.stream.shutdown()).await;
