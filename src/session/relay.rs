@@ -215,8 +215,16 @@ impl Relay {
             let read_client = self.upstream.out.len() < HIGH_WATER && to_client < HIGH_WATER;
             let read_upstream = self.client.out.len() < HIGH_WATER;
             // One timer for every deadline, moved only when the earliest
-            // one changes (not re-armed per event).
+            // one changes (not re-armed per event). A deadline already due
+            // is handled at once: under a flood the runtime may process its
+            // timers late, and a close or an expiry must not wait for that.
             let deadline = self.next_deadline();
+            if deadline <= now {
+                if let Err(why) = self.on_timer() {
+                    return why;
+                }
+                continue;
+            }
             if deadline != self.timer_at {
                 self.timer.as_mut().reset(deadline);
                 self.timer_at = deadline;
@@ -436,6 +444,17 @@ impl Relay {
             if !upstream_owes && !client_owed {
                 break;
             }
+            // Checked here as well as by the timer, which a flood may delay.
+            if now >= deadline {
+                let stuck = if upstream_owes {
+                    Stuck::Upstream
+                } else {
+                    Stuck::Client
+                };
+                debug!(?stuck, "close gave up waiting");
+                self.gate.metrics.drain_timed_out(stuck);
+                break;
+            }
             let read_upstream = upstream_ok
                 && !self.order.is_empty()
                 && (!client_ok || self.client.out.len() < HIGH_WATER);
@@ -459,12 +478,7 @@ impl Relay {
                     }
                 }
                 r = self.client.transport.writable(), if client_owed => client_ok = r.is_ok(),
-                _ = sleep_until(deadline) => {
-                    let stuck = if upstream_owes { Stuck::Upstream } else { Stuck::Client };
-                    debug!(?stuck, "close gave up waiting");
-                    self.gate.metrics.drain_timed_out(stuck);
-                    break;
-                }
+                _ = sleep_until(deadline) => {}
             }
         }
         if client_ok {
