@@ -45,6 +45,12 @@ pub(super) struct Conn {
 
 impl Conn {
     pub fn new(transport: Transport, input: BytesMut) -> Conn {
+        // The handshake's buffers are larger than an idle connection needs.
+        let input = if input.is_empty() {
+            BytesMut::new()
+        } else {
+            input
+        };
         Conn {
             transport,
             input,
