@@ -1,6 +1,7 @@
 //! The accept loop: accepts clients until shutdown, enforces
 //! `max_connections` (INFO, the error, close), and spawns one
-//! [`crate::session`] per client into the task tracker.
+//! [`crate::session`] per client into the task tracker: on the current
+//! runtime, or in turn on each of the worker runtimes it is given.
 //!
 //! Does not own: the shared state ([`crate::gate`]), what a session does,
 //! or the shutdown grace ([`crate::shutdown`]).
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
@@ -20,13 +22,15 @@ use crate::gate::Gate;
 use crate::protocol::encode;
 use crate::session;
 
-/// Accepts until `stop` is cancelled; sessions watch `sessions`.
+/// Accepts until `stop` is cancelled; sessions watch `sessions`. With
+/// `workers`, session `n` runs on `workers[n % len]`.
 pub async fn accept(
     gate: &Arc<Gate>,
     listener: TcpListener,
     stop: &CancellationToken,
     sessions: &CancellationToken,
     tracker: &TaskTracker,
+    workers: &[Handle],
 ) {
     let max_connections = gate.settings.listen.max_connections;
     let open = Arc::new(AtomicUsize::new(0));
@@ -56,11 +60,32 @@ pub async fn accept(
         let gate = gate.clone();
         let open = open.clone();
         let token = sessions.clone();
-        tracker.spawn(async move {
-            session::run(gate.clone(), stream, peer, client_id, token).await;
+        let end = move |gate: &Gate| {
             open.fetch_sub(1, Ordering::AcqRel);
             gate.metrics.connection_closed();
-        });
+        };
+        let Some(worker) = workers.get(client_id as usize % workers.len().max(1)) else {
+            tracker.spawn(async move {
+                session::run(gate.clone(), stream, peer, client_id, token).await;
+                end(&gate);
+            });
+            continue;
+        };
+        // The socket leaves this runtime's I/O driver for the worker's, so
+        // that its events wake the session on the worker's own thread.
+        let moved = stream.into_std();
+        tracker.spawn_on(
+            async move {
+                match moved.and_then(TcpStream::from_std) {
+                    Ok(stream) => {
+                        session::run(gate.clone(), stream, peer, client_id, token).await;
+                    }
+                    Err(e) => warn!(error = %e, "cannot hand a connection to a worker"),
+                }
+                end(&gate);
+            },
+            worker,
+        );
     }
 }
 

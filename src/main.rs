@@ -231,32 +231,31 @@ fn run(settings: Settings) -> ExitCode {
         Ok(listener) => listener,
         Err(reason) => return fail(reason),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("natsgate")
-        .build()
-    {
-        Ok(runtime) => runtime,
+    // One current-thread runtime per core: each session, its sockets'
+    // events and its timers stay on one thread (no cross-thread wake-ups).
+    // The main thread's runtime is worker 0 and also runs the accept loop,
+    // the reload and the metrics endpoint.
+    let workers = match Workers::start(worker_count()) {
+        Ok(workers) => workers,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
-
-    let result = runtime.block_on(async move {
+    let result = workers.main.block_on(async {
         let listener = tokio::net::TcpListener::from_std(std_listener)
             .map_err(|e| format!("cannot use the listen socket: {e}"))?;
         let local = listener
             .local_addr()
             .map_err(|e| format!("cannot use the listen socket: {e}"))?;
-        tracing::debug!(addr = %local, "listen socket bound");
+        tracing::debug!(addr = %local, workers = workers.handles.len(), "listen socket bound");
 
         let shutdown = CancellationToken::new();
         tokio::spawn(natsgate::shutdown::on_stop_signals(shutdown.clone()));
-        natsgate::run(settings, listener, shutdown)
+        natsgate::service::run_on(settings, listener, shutdown, &workers.handles)
             .await
             .map_err(|e| e.to_string())
     });
     // Tasks still running (the signal handler, stragglers) are not waited
     // for long: the proxy has already drained what it wanted to.
-    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    workers.stop();
 
     match result {
         Ok(()) => {
@@ -267,6 +266,86 @@ fn run(settings: Settings) -> ExitCode {
             tracing::error!(error = %reason, "stopped with an error");
             fail(reason)
         }
+    }
+}
+
+/// How many current-thread runtimes sessions are spread over: one per core
+/// natsgate may use, or `NATSGATE_WORKERS` (`0`: tokio's multi-threaded
+/// scheduler for everything instead, kept for comparison in benchmarks).
+fn worker_count() -> usize {
+    match std::env::var("NATSGATE_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+/// The runtimes sessions run on: the main thread's and one more thread per
+/// further core, each a current-thread runtime.
+struct Workers {
+    main: tokio::runtime::Runtime,
+    /// Every worker's handle, the main one first (none: sessions run on
+    /// `main`).
+    handles: Vec<tokio::runtime::Handle>,
+    /// Ends the other workers' threads.
+    done: CancellationToken,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// `count` current-thread runtimes, or with 0 one multi-threaded
+    /// runtime and no worker handles (sessions then run on it).
+    fn start(count: usize) -> std::io::Result<Workers> {
+        let build = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        };
+        let done = CancellationToken::new();
+        if count == 0 {
+            let main = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("natsgate")
+                .build()?;
+            return Ok(Workers {
+                main,
+                handles: Vec::new(),
+                done,
+                threads: Vec::new(),
+            });
+        }
+        let main = build()?;
+        let mut handles = vec![main.handle().clone()];
+        let mut threads = Vec::new();
+        for i in 1..count {
+            let runtime = build()?;
+            handles.push(runtime.handle().clone());
+            let done = done.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("natsgate-{i}"))
+                    .spawn(move || {
+                        runtime.block_on(done.cancelled());
+                        runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+                    })?,
+            );
+        }
+        Ok(Workers {
+            main,
+            handles,
+            done,
+            threads,
+        })
+    }
+
+    fn stop(self) {
+        self.done.cancel();
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+        self.main.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
     }
 }
 

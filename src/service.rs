@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -24,10 +25,21 @@ const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Runs natsgate on an already bound listener until `shutdown` is
 /// cancelled. The `[metrics]` endpoint, when configured, is bound here.
+/// Sessions run on the current runtime.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
     shutdown: CancellationToken,
+) -> Result<(), Error> {
+    run_on(settings, listener, shutdown, &[]).await
+}
+
+/// As [`run`], with the sessions spread in turn over `workers`.
+pub async fn run_on(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    workers: &[Handle],
 ) -> Result<(), Error> {
     let metrics_listener = match &settings.metrics {
         Some(m) => Some(
@@ -40,16 +52,29 @@ pub async fn run(
         ),
         None => None,
     };
-    run_with_listeners(settings, listener, metrics_listener, shutdown).await
+    run_on_workers(settings, listener, metrics_listener, shutdown, workers).await
 }
 
 /// As [`run`], with the metrics listener bound by the caller (tests bind
-/// port 0 and need to know the port).
+/// port 0 and need to know the port). Sessions run on the current runtime.
 pub async fn run_with_listeners(
     settings: Settings,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     shutdown: CancellationToken,
+) -> Result<(), Error> {
+    run_on_workers(settings, listener, metrics_listener, shutdown, &[]).await
+}
+
+/// As [`run_with_listeners`], with the sessions spread in turn over
+/// `workers` (the binary's one current-thread runtime per core: a session's
+/// socket events and its task then stay on one thread).
+pub async fn run_on_workers(
+    settings: Settings,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+    workers: &[Handle],
 ) -> Result<(), Error> {
     let authenticator = Authenticator::load(&settings, SystemTime::now())?;
     let local = listener.local_addr().map_err(|source| Error::Io {
@@ -84,7 +109,7 @@ pub async fn run_with_listeners(
         // /healthz must reflect the upstream even when no client connects.
         endpoint.spawn(probe_upstream(gate.clone(), endpoint_stop.clone()));
     }
-    crate::listener::accept(&gate, listener, &shutdown, &sessions, &tracker).await;
+    crate::listener::accept(&gate, listener, &shutdown, &sessions, &tracker, workers).await;
     info!("shutting down");
     sessions.cancel();
     crate::shutdown::wait_for_sessions(tracker, grace).await;
