@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, field, info_span, warn};
+use tracing::{Instrument, debug, debug_span, field, warn};
 
 use crate::auth::{Identity, Reason, new_nonce};
 use crate::gate::{AccountSlot, Gate};
@@ -76,7 +76,9 @@ pub async fn run(
     client_id: u64,
     shutdown: CancellationToken,
 ) {
-    let span = info_span!("client", cid = client_id, addr = %peer, user = field::Empty, name = field::Empty, account = field::Empty);
+    // A debug span: at the default level it is disabled, and entering it
+    // on every poll of the relay costs nothing.
+    let span = debug_span!("client", cid = client_id, addr = %peer, user = field::Empty, name = field::Empty, account = field::Empty);
     async move {
         let _ = client.set_nodelay(true);
         // Boxed: the handshake's state (upstream dialing, TLS) is large and
@@ -274,7 +276,7 @@ async fn handshake(
         result = gate.upstream.connect(credential, &wanted) => match result {
             Ok(upstream) => upstream,
             Err(e) => {
-                warn!(error = %e, "no upstream connection");
+                warn!(cid = client_id, addr = %peer, user = %identity.user, error = %e, "no upstream connection");
                 close_with(&mut client, encode::ERR_UPSTREAM_UNAVAILABLE).await;
                 return None;
             }
