@@ -850,10 +850,7 @@ async fn no_loss(w: &World, side: Side, who: Who, fatal: Fatal) -> Result<(), St
     let mut bytes = w
         .user(who)
         .connect(&c, &json!({"headers": fatal.headers()}));
-    for i in 0..LOAD {
-        let p = i.to_string();
-        bytes.extend_from_slice(format!("PUB ok.load {}\r\n{p}\r\n", p.len()).as_bytes());
-    }
+    bytes.extend_from_slice(&load_pubs());
     bytes.extend_from_slice(PING);
     bytes.extend_from_slice(&fatal.bytes());
     c.set_timeout(Duration::from_secs(10));
@@ -936,6 +933,66 @@ async fn nothing_accepted_is_lost_on_a_fatal_frame_jwt() {
         ],
     )
     .await;
+}
+
+/// [`LOAD`] numbered PUBs on `ok.load`.
+fn load_pubs() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for i in 0..LOAD {
+        let p = i.to_string();
+        bytes.extend_from_slice(format!("PUB ok.load {}\r\n{p}\r\n", p.len()).as_bytes());
+    }
+    bytes
+}
+
+/// A client that writes CONNECT and [`LOAD`] PUBs, then closes its socket
+/// at once: every PUB reaches the subscriber, on nats-server and through
+/// natsgate (whose close writes what it accepted upstream first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_right_after_publishing_loses_nothing() {
+    let w = World::start();
+    for side in [Side::Direct, Side::Gate] {
+        let sub = match side {
+            Side::Gate => upstream_subscriber(&w.upstream, "ok.load").await,
+            Side::Direct => subscriber(w.addr(side, Kind::Nkey), &w.nkey, "ok.load").await,
+        };
+        let c = RawClient::connect(w.addr(side, Kind::Nkey)).await;
+        let mut bytes = w.nkey.connect(&c, &json!({}));
+        bytes.extend_from_slice(&load_pubs());
+        let (mut stream, _) = c.into_parts();
+        stream.write_all(&bytes).await.expect("write the batch");
+        stream.shutdown().await.expect("close the write side");
+        drop(stream);
+        let got = sub
+            .settle(LOAD, Duration::from_secs(2), Duration::from_secs(10))
+            .await;
+        assert_eq!(got, LOAD, "{side:?}: the subscriber got {got} of {LOAD}");
+        assert_eq!(sub.disorder(), None, "{side:?}");
+    }
+}
+
+/// A second CONNECT that needs another upstream connection (here: `echo`
+/// changes) makes natsgate close (README: where natsgate cannot behave like
+/// nats-server). What came before it is not lost: the PUBs reach the
+/// subscriber, the PING before it is answered, and the close has no -ERR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connect_that_needs_another_upstream_loses_nothing() {
+    let w = World::start();
+    let sub = upstream_subscriber(&w.upstream, "ok.load").await;
+    let mut c = RawClient::connect(w.gate.addr()).await;
+    let mut bytes = w.nkey.connect(&c, &json!({}));
+    bytes.extend_from_slice(&load_pubs());
+    bytes.extend_from_slice(PING);
+    bytes.extend_from_slice(&w.nkey.connect(&c, &json!({"echo": false})));
+    c.set_timeout(Duration::from_secs(10));
+    c.send(&bytes).await;
+    let (frames, end) = read_until(&mut c, Until::Close, Duration::from_secs(10)).await;
+    assert_eq!((frames, end), (vec![Frame::Pong], End::Closed));
+    let got = sub
+        .settle(LOAD, Duration::from_secs(2), Duration::from_secs(10))
+        .await;
+    assert_eq!(got, LOAD, "the subscriber got {got} of {LOAD}");
+    assert_eq!(sub.disorder(), None);
 }
 
 // ---------------------------------------------------------------------------
