@@ -11,6 +11,7 @@
 use std::io::{self, Read, Write};
 
 use bytes::BytesMut;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 mod queue;
@@ -87,7 +88,7 @@ impl Transport {
     /// of the stream, `WouldBlock` means nothing yet.
     pub fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
-            Transport::Plain(tcp) => tcp.try_read_buf(buf),
+            Transport::Plain(tcp) => read_plain(tcp, buf),
             Transport::Tls(t) => t.try_read_buf(buf),
         }
     }
@@ -122,6 +123,27 @@ impl Transport {
             Transport::Plain(tcp) => queue.write_to(tcp),
             Transport::Tls(t) => t.write_queue(queue),
         }
+    }
+}
+
+/// Reads what the socket has into `buf`. A read that does not fill the
+/// room in `buf` took everything there was, so the socket's readiness is
+/// cleared at once, as tokio's own `poll_read` does: the next wait goes to
+/// epoll instead of costing a read that only says `WouldBlock`. (Readiness
+/// that arrived meanwhile is kept: tokio clears only the event it saw.)
+fn read_plain(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let mut got = 0;
+    let result = tcp.try_io(Interest::READABLE, || {
+        got = tcp.try_read_buf(buf)?;
+        if got > 0 && got < room {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(got)
+    });
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
     }
 }
 
