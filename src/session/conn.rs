@@ -15,7 +15,7 @@ use crate::transport::{OutQueue, Transport};
 /// and shrink when the traffic is light, as nats-server's read buffer does,
 /// so idle connections hold little and busy ones read 64 KiB at a time.
 const MIN_READ: usize = 4 * 1024;
-const MAX_READ: usize = 64 * 1024;
+const MAX_READ: usize = 256 * 1024;
 
 /// A side is not read while the queue it feeds holds more than this.
 pub(super) const HIGH_WATER: usize = 1024 * 1024;
