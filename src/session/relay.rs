@@ -101,7 +101,8 @@ pub struct Relay {
     pub(super) keepalive: KeepAlive,
     /// PUB/HPUB frames passed upstream so far (logged at the close).
     pub(super) pubs_accepted: u64,
-    /// Changes after every account update and config reload.
+    /// Changes after every account update and config reload (taken by the
+    /// relay loop).
     accounts: Option<watch::Receiver<u64>>,
     /// When this session closes by itself: shutdown began (spread over
     /// `shutdown_grace` so clients do not all reconnect at once), or a user
@@ -203,6 +204,12 @@ impl Relay {
         if let Err(why) = self.process_client().and_then(|()| self.process_upstream()) {
             return why;
         }
+        // The shutdown and account-change futures live across the loop's
+        // turns: made once (and again only after an account change), not
+        // registered and dropped on every event.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let mut accounts = Box::pin(next_change(self.accounts.take()));
         loop {
             let now = Instant::now();
             if self.client.flush(now).is_err() {
@@ -233,13 +240,16 @@ impl Relay {
             // timer (shutdown, expiry) and account changes still get their
             // turn.
             let event = tokio::select! {
-                _ = shutdown.cancelled(), if self.grace_end.is_none() => Event::Shutdown,
+                _ = &mut cancelled, if self.grace_end.is_none() => Event::Shutdown,
                 r = self.client.transport.readable(), if read_client => Event::ClientReadable(r.is_ok()),
                 r = self.upstream.transport.readable(), if read_upstream => Event::UpstreamReadable(r.is_ok()),
                 r = self.client.transport.writable(), if self.client.has_output() => Event::ClientWritable(r.is_ok()),
                 r = self.upstream.transport.writable(), if self.upstream.has_output() => Event::UpstreamWritable(r.is_ok()),
                 _ = &mut self.timer => Event::Timer,
-                r = changed(&mut self.accounts) => Event::AccountsChanged(r),
+                (ok, rx) = &mut accounts => {
+                    accounts = Box::pin(next_change(rx));
+                    Event::AccountsChanged(ok)
+                }
             };
             let result = match event {
                 Event::Shutdown => self.lame_duck(),
@@ -339,7 +349,6 @@ impl Relay {
     /// went, or whose account expired is disconnected as nats-server does.
     fn recheck(&mut self, watching: bool) -> Result<(), Close> {
         if !watching {
-            self.accounts = None;
             return Ok(());
         }
         let Some(user) = &self.user.identity.jwt else {
@@ -528,10 +537,16 @@ enum Event {
     AccountsChanged(bool),
 }
 
-/// Resolves when the account generation changes; never without a receiver.
-async fn changed(accounts: &mut Option<watch::Receiver<u64>>) -> bool {
+/// Resolves when the account generation changes, handing the receiver back
+/// (`None` once the sender is gone); never without a receiver.
+async fn next_change(
+    accounts: Option<watch::Receiver<u64>>,
+) -> (bool, Option<watch::Receiver<u64>>) {
     match accounts {
-        Some(rx) => rx.changed().await.is_ok(),
+        Some(mut rx) => match rx.changed().await {
+            Ok(()) => (true, Some(rx)),
+            Err(_) => (false, None),
+        },
         None => std::future::pending().await,
     }
 }
