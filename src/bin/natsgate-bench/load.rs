@@ -1,5 +1,6 @@
 //! The load generator: each workload runs on plain threads with blocking
-//! sockets and measures one configuration (an address plus a login).
+//! sockets and measures one configuration (an address plus a login), and the
+//! CPU time the process under test (a [`Probe`]) used meanwhile.
 
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
@@ -8,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::client::{Auth, BIG_BUFFER, Client, Frame, SMALL_BUFFER, is_timeout, reply_of};
+use crate::cpu::Probe;
 use crate::setup::{
     INBOX_PREFIX, PUB_SUBJECT, PUBSUB_SUBJECT, PUBSUB_SUBSCRIPTION, REQUEST_SUBJECT,
 };
@@ -17,6 +19,31 @@ const WRITE_CHUNK: usize = 64 * 1024;
 /// How far (in bytes) the publisher may run ahead of the subscriber, well
 /// below nats-server's 64 MiB slow-consumer limit.
 const PUBSUB_WINDOW: usize = 16 * 1024 * 1024;
+
+/// What one throughput measurement moved, and the CPU time the process
+/// under test used meanwhile.
+pub struct Moved {
+    /// Messages moved: published (publish) or delivered (the others).
+    pub msgs: u64,
+    /// The measurement's length.
+    pub secs: f64,
+    /// CPU seconds of the process under test; `None` when unreadable.
+    pub cpu: Option<f64>,
+}
+
+impl Moved {
+    /// Messages per second.
+    pub fn rate(&self) -> f64 {
+        self.msgs as f64 / self.secs
+    }
+
+    /// CPU nanoseconds per message moved.
+    pub fn cpu_ns_per_msg(&self) -> Option<f64> {
+        self.cpu
+            .filter(|_| self.msgs > 0)
+            .map(|c| c * 1e9 / self.msgs as f64)
+    }
+}
 
 /// `count` copies of `PUB <subject> <size>` with a payload of `size` bytes,
 /// at least [`WRITE_CHUNK`] bytes in all. Returns the buffer and `count`.
@@ -28,11 +55,18 @@ fn pub_chunk(subject: &str, size: usize) -> (Vec<u8>, u64) {
     (frame.repeat(count), count as u64)
 }
 
-/// Publish throughput (messages/s): one publisher writes pipelined PUBs for
-/// `dur`, then PING/PONG so the server has them all.
-pub fn publish(addr: SocketAddr, auth: &Auth, size: usize, dur: Duration) -> io::Result<f64> {
+/// Publish throughput: one publisher writes pipelined PUBs for `dur`, then
+/// PING/PONG so the server has them all.
+pub fn publish(
+    addr: SocketAddr,
+    auth: &Auth,
+    probe: Probe,
+    size: usize,
+    dur: Duration,
+) -> io::Result<Moved> {
     let mut c = Client::connect(addr, auth, BIG_BUFFER)?;
     let (chunk, per) = pub_chunk(PUB_SUBJECT, size);
+    let cpu = probe.start();
     let start = Instant::now();
     let mut sent = 0u64;
     while start.elapsed() < dur {
@@ -40,16 +74,26 @@ pub fn publish(addr: SocketAddr, auth: &Auth, size: usize, dur: Duration) -> io:
         sent += per;
     }
     c.ping_pong()?;
-    let rate = sent as f64 / start.elapsed().as_secs_f64();
+    let moved = Moved {
+        msgs: sent,
+        secs: start.elapsed().as_secs_f64(),
+        cpu: cpu.stop(),
+    };
     c.close_now();
-    Ok(rate)
+    Ok(moved)
 }
 
-/// Publish-to-subscriber throughput (messages/s): a subscriber on its own
-/// connection (wildcard subscription) counts MSGs until it has every one the
-/// publisher sent in `dur`. The publisher stays within [`PUBSUB_WINDOW`] of
-/// the subscriber so no server drops it as a slow consumer.
-pub fn pub_sub(addr: SocketAddr, auth: &Auth, size: usize, dur: Duration) -> io::Result<f64> {
+/// Publish-to-subscriber throughput: a subscriber on its own connection
+/// (wildcard subscription) counts MSGs until it has every one the publisher
+/// sent in `dur`. The publisher stays within [`PUBSUB_WINDOW`] of the
+/// subscriber so no server drops it as a slow consumer.
+pub fn pub_sub(
+    addr: SocketAddr,
+    auth: &Auth,
+    probe: Probe,
+    size: usize,
+    dur: Duration,
+) -> io::Result<Moved> {
     let mut sub = Client::connect(addr, auth, BIG_BUFFER)?;
     sub.send_and_flush(format!("SUB {PUBSUB_SUBSCRIPTION} 1\r\n").as_bytes())?;
     sub.sock.set_read_timeout(Some(Duration::from_millis(50)))?;
@@ -98,6 +142,7 @@ pub fn pub_sub(addr: SocketAddr, auth: &Auth, size: usize, dur: Duration) -> io:
         }
     });
 
+    let cpu = probe.start();
     let start = Instant::now();
     let mut sent = 0u64;
     while start.elapsed() < dur && !failed.load(Ordering::Relaxed) {
@@ -114,14 +159,42 @@ pub fn pub_sub(addr: SocketAddr, auth: &Auth, size: usize, dur: Duration) -> io:
     let done = subscriber
         .join()
         .map_err(|_| io::Error::other("subscriber panicked"))??;
+    let cpu = cpu.stop();
     publ.close_now();
-    Ok(sent as f64 / done.duration_since(start).as_secs_f64())
+    Ok(Moved {
+        msgs: sent,
+        secs: done.duration_since(start).as_secs_f64(),
+        cpu,
+    })
+}
+
+/// What a request/reply measurement saw.
+pub struct RoundTrips {
+    /// Latencies in microseconds after the warm-up, sorted.
+    pub lat: Vec<f64>,
+    /// Round trips in all (with the warm-up).
+    pub trips: u64,
+    /// CPU seconds of the process under test over all of them.
+    pub cpu: Option<f64>,
+}
+
+impl RoundTrips {
+    /// CPU microseconds per round trip.
+    pub fn cpu_us_per_trip(&self) -> Option<f64> {
+        self.cpu
+            .filter(|_| self.trips > 0)
+            .map(|c| c * 1e6 / self.trips as f64)
+    }
 }
 
 /// Request/reply round trips: a requester sends one request at a time to a
-/// responder on another connection and waits for the reply. Returns the
-/// latencies in microseconds, sorted.
-pub fn request_reply(addr: SocketAddr, auth: &Auth, dur: Duration) -> io::Result<Vec<f64>> {
+/// responder on another connection and waits for the reply.
+pub fn request_reply(
+    addr: SocketAddr,
+    auth: &Auth,
+    probe: Probe,
+    dur: Duration,
+) -> io::Result<RoundTrips> {
     let mut responder = Client::connect(addr, auth, BIG_BUFFER)?;
     responder.send_and_flush(format!("SUB {REQUEST_SUBJECT} 1\r\n").as_bytes())?;
     let stopper = responder.sock.try_clone()?;
@@ -158,6 +231,7 @@ pub fn request_reply(addr: SocketAddr, auth: &Auth, dur: Duration) -> io::Result
     let mut lat = Vec::new();
     let mut n = 0u64;
     let warmup = 200;
+    let cpu = probe.start();
     let start = Instant::now();
     let result = loop {
         if n >= warmup && start.elapsed() >= dur {
@@ -196,12 +270,13 @@ pub fn request_reply(addr: SocketAddr, auth: &Auth, dur: Duration) -> io::Result
         }
         n += 1;
     };
+    let cpu = cpu.stop();
     let _ = stopper.shutdown(std::net::Shutdown::Both);
     let _ = responder.join();
     req.close_now();
     result?;
     lat.sort_by(f64::total_cmp);
-    Ok(lat)
+    Ok(RoundTrips { lat, trips: n, cpu })
 }
 
 /// New authenticated connections per second: `threads` threads each connect,
@@ -243,6 +318,18 @@ pub fn open_idle(
     count: usize,
     threads: usize,
 ) -> io::Result<Vec<Client>> {
+    open_clients(addr, auth, count, threads, SMALL_BUFFER)
+}
+
+/// Opens `count` authenticated connections with read buffers of `buffer`
+/// bytes, with `threads` threads.
+pub fn open_clients(
+    addr: SocketAddr,
+    auth: &Auth,
+    count: usize,
+    threads: usize,
+    buffer: usize,
+) -> io::Result<Vec<Client>> {
     let per = count.div_ceil(threads);
     let workers: Vec<_> = (0..threads)
         .map(|i| {
@@ -250,7 +337,7 @@ pub fn open_idle(
             let n = per.min(count.saturating_sub(i * per));
             std::thread::spawn(move || -> io::Result<Vec<Client>> {
                 (0..n)
-                    .map(|_| Client::connect(addr, &auth, SMALL_BUFFER))
+                    .map(|_| Client::connect(addr, &auth, buffer))
                     .collect()
             })
         })

@@ -12,17 +12,34 @@
 //! 64 KiB buffers (the reference for what any TCP proxy costs); and
 //! `natsgate`, with JWT users whose permissions have allow and deny lists and
 //! `allow_responses`. Each round measures the three alternately (in a rotating
-//! order); the table shows medians over the rounds. The connection-rate figure
-//! compares natsgate with the same JWTs against nats-server in operator mode.
+//! order); the table shows medians over the rounds. The figures:
+//! - publish and pub->sub throughput per payload size, request/reply latency;
+//! - CPU per message of the process under test for each of those (and per
+//!   round trip for request/reply): nats-server for direct, the relay process,
+//!   natsgate; user+system time from `/proc/<pid>/stat`, all threads;
+//! - many clients: 100 publishers and 100 subscribers at once with fan-in and
+//!   fan-out (see `many.rs`): delivered messages/s flat out within a window
+//!   (and CPU per delivery), and p99 delivery latency at a paced load, with
+//!   how busy the whole machine was meanwhile;
+//! - JWT connection rate: natsgate against nats-server in operator mode with
+//!   the same JWTs;
+//! - memory per idle connection (10,000 by default) of fresh processes, and of
+//!   the nats-server behind the relay and natsgate. The bench raises its
+//!   open-file limit (the hard limit too, when it may) before it starts the
+//!   child processes, which inherit it.
 //!
 //! The load generator uses plain threads with blocking sockets and the raw
 //! protocol; natsgate, the relay and the servers are child processes, so
-//! memory is read per process from `/proc/<pid>/status`.
+//! memory and CPU are read per process from `/proc/<pid>/`.
 
 mod client;
+mod cpu;
 mod load;
+mod many;
+mod memory;
 mod procs;
 mod setup;
+mod table;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,20 +47,28 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use client::Auth;
+use load::Moved;
 use procs::{NatsServer, Proc};
+use table::{CONFIGS, Config, Row, Target, percentile, progress, rotated};
 
 const USAGE: &str = "\
 usage: natsgate-bench [--quick] [--rounds N] [--seconds S] [--clients N] [--natsgate PATH]
-                      [--only LIST]
+                      [--only LIST] [--pace MS]
 
   --quick          a ~1 minute run: 2 rounds of 0.5 s measurements
   --rounds N       rounds for the throughput and latency figures (default 5)
   --seconds S      length of one measurement in seconds (default 1)
-  --clients N      idle clients for the memory figure (default 5000)
+  --clients N      idle clients for the memory figure (default 10000; the
+                   bench raises its open-file limit to about 2 N)
   --natsgate PATH  the natsgate binary (default: `natsgate` next to this
                    binary, else natsgate's library run by this binary)
   --only LIST      comma-separated subset of: publish, pubsub, reqrep,
-                   connect, memory (default: all)
+                   manyclients, connect, memory (default: all)
+  --pace MS        manyclients latency: each of the 100 publishers sends one
+                   message per MS milliseconds (default 100)
+
+publish, pubsub and reqrep also report the CPU time per message (per round
+trip) of nats-server (direct), the relay process and natsgate.
 
 Needs nats-server: $NATS_SERVER_BIN, else `nats-server` on PATH.";
 
@@ -52,11 +77,22 @@ struct Options {
     conn_rounds: usize,
     measure: Duration,
     clients: usize,
+    pace: Duration,
     natsgate: Option<PathBuf>,
     only: Option<Vec<String>>,
 }
 
-const PARTS: [&str; 5] = ["publish", "pubsub", "reqrep", "connect", "memory"];
+/// Below this many idle clients the memory figure says too little.
+const MIN_IDLE_CLIENTS: u64 = 1000;
+
+const PARTS: [&str; 6] = [
+    "publish",
+    "pubsub",
+    "reqrep",
+    "manyclients",
+    "connect",
+    "memory",
+];
 
 impl Options {
     fn wants(&self, part: &str) -> bool {
@@ -71,7 +107,8 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         rounds: 5,
         conn_rounds: 3,
         measure: Duration::from_secs(1),
-        clients: 5000,
+        clients: 10_000,
+        pace: many::DEFAULT_PACE,
         natsgate: None,
         only: None,
     };
@@ -105,6 +142,12 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                     .parse()
                     .map_err(|_| "--clients: not a number")?;
             }
+            "--pace" => {
+                let ms: u64 = value("--pace")?
+                    .parse()
+                    .map_err(|_| "--pace: not a number of milliseconds")?;
+                o.pace = Duration::from_millis(ms.clamp(1, 1000));
+            }
             "--natsgate" => o.natsgate = Some(PathBuf::from(value("--natsgate")?)),
             "--only" => {
                 let list: Vec<String> = value("--only")?
@@ -132,7 +175,7 @@ fn main() -> ExitCode {
         // Internal: the processes this binary starts as children.
         Some("relay") => relay_main(&args[1..]),
         Some("serve-natsgate") => serve_natsgate(&args[1..]),
-        _ => parse_args(&args).and_then(|o| bench(&o)),
+        _ => parse_args(&args).and_then(bench),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -218,76 +261,6 @@ fn serve_natsgate(args: &[String]) -> Result<(), String> {
 
 // === the bench ===
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Config {
-    Direct,
-    Relay,
-    Gate,
-}
-
-const CONFIGS: [Config; 3] = [Config::Direct, Config::Relay, Config::Gate];
-
-/// One row of the table: samples per configuration.
-struct Row {
-    name: String,
-    unit: &'static str,
-    samples: [Vec<f64>; 3],
-    target: Target,
-}
-
-#[derive(Clone, Copy)]
-enum Target {
-    /// natsgate/direct at least this.
-    VsDirectMin(f64),
-    /// natsgate/relay at least this.
-    VsRelayMin(f64),
-    /// natsgate/relay at most this.
-    VsRelayMax(f64),
-    /// natsgate's own value at most this.
-    AbsMax(f64),
-}
-
-impl Row {
-    fn new(name: impl Into<String>, unit: &'static str, target: Target) -> Row {
-        Row {
-            name: name.into(),
-            unit,
-            samples: [Vec::new(), Vec::new(), Vec::new()],
-            target,
-        }
-    }
-
-    fn push(&mut self, config: Config, value: f64) {
-        self.samples[config as usize].push(value);
-    }
-
-    fn median(&self, config: Config) -> Option<f64> {
-        median(&self.samples[config as usize])
-    }
-}
-
-fn median(v: &[f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    Some(if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    })
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
 struct Setup {
     _dir: procs::ScratchDir,
     plain: NatsServer,
@@ -311,6 +284,15 @@ impl Setup {
             Config::Gate => self.user.clone(),
             Config::Direct | Config::Relay => setup::gate_auth(),
         }
+    }
+
+    /// The process whose CPU time `c`'s figures report.
+    fn probe(&self, c: Config) -> cpu::Probe {
+        cpu::Probe::new(match c {
+            Config::Direct => self.plain.pid(),
+            Config::Relay => self.relay.pid(),
+            Config::Gate => self.gate.pid(),
+        })
     }
 }
 
@@ -342,26 +324,42 @@ fn natsgate_binary(o: &Options) -> Result<Option<PathBuf>, String> {
     Ok(Some(sibling))
 }
 
-fn bench(o: &Options) -> Result<(), String> {
+fn bench(mut o: Options) -> Result<(), String> {
     let started = Instant::now();
-    let nofile = procs::raise_nofile_limit();
     let clients = if o.wants("memory") { o.clients } else { 0 };
-    let need = (clients as u64) * 2 + 200;
+    let need = memory::fds_needed(clients.max(2 * many::PUBLISHERS));
+    let (nofile, why) = procs::raise_nofile_limit(need * 2);
     if nofile < need {
-        return Err(format!(
-            "the open-file limit is {nofile}; {} idle clients need about {need} in natsgate \
-             (raise `ulimit -n` or pass --clients)",
-            o.clients
-        ));
+        let fits = nofile.saturating_sub(memory::fds_needed(0)) / 2;
+        if fits < MIN_IDLE_CLIENTS {
+            return Err(format!(
+                "the open-file limit is {nofile}; {} idle clients need about {need} in natsgate \
+                 (raise `ulimit -n` or pass --clients){}",
+                o.clients,
+                why.map_or(String::new(), |w| format!("\n  {w}"))
+            ));
+        }
+        // Measured with fewer clients rather than not at all; the row's
+        // name says how many.
+        println!(
+            "note: the open-file limit {nofile} fits {fits} idle clients, not {}; the memory \
+             figure uses {fits}{}",
+            o.clients,
+            why.map_or(String::new(), |w| format!(" ({w})"))
+        );
+        o.clients = usize::try_from(fits).unwrap_or(usize::MAX);
     }
+    let o = &o;
     let server_bin = procs::nats_server_bin()?;
     let gate_bin = natsgate_binary(o)?;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
-        "natsgate-bench: {} rounds of {:.2} s, {} idle clients, {cores} cores",
+        "natsgate-bench: {} rounds of {:.2} s, {} idle clients, {cores} cores, \
+         open-file limit {nofile}, CPU clock {} Hz",
         o.rounds,
         o.measure.as_secs_f64(),
-        o.clients
+        o.clients,
+        cpu::ticks_per_second()
     );
     println!(
         "  nats-server: {} ({})",
@@ -410,77 +408,53 @@ fn bench(o: &Options) -> Result<(), String> {
         .close_now();
 
     let mut rows = Vec::new();
+    let mut cpu_rows = Vec::new();
     let d = o.measure;
-    let run = |what: &str, c: Config, r: std::io::Result<f64>| -> Result<f64, String> {
-        r.map_err(|e| format!("{what} via {c:?}: {e}"))
-    };
-
-    let publish_sizes: &[(usize, &str)] = if o.wants("publish") {
-        &[
-            (16, "16 B"),
-            (128, "128 B"),
-            (1024, "1 KiB"),
-            (16384, "16 KiB"),
-        ]
-    } else {
-        &[]
-    };
-    for &(size, label) in publish_sizes {
-        let target = if size <= 128 {
-            Target::VsDirectMin(0.9)
-        } else {
-            Target::VsRelayMin(1.0)
-        };
-        let mut row = Row::new(format!("publish {label}"), "msg/s", target);
-        for round in 0..o.rounds {
-            for c in rotated(round) {
-                let v = run("publish", c, load::publish(s.addr(c), &s.auth(c), size, d))?;
-                row.push(c, v);
-            }
-        }
-        progress(&row, started);
-        rows.push(row);
+    let sizes: &[(usize, &str)] = &[
+        (16, "16 B"),
+        (128, "128 B"),
+        (1024, "1 KiB"),
+        (16384, "16 KiB"),
+    ];
+    if o.wants("publish") {
+        let f = |c, size| load::publish(s.addr(c), &s.auth(c), s.probe(c), size, d);
+        throughput(o, started, "publish", sizes, f, &mut rows, &mut cpu_rows)?;
     }
-
-    let pubsub_sizes: &[(usize, &str)] = if o.wants("pubsub") {
-        &[(16, "16 B"), (1024, "1 KiB")]
-    } else {
-        &[]
-    };
-    for &(size, label) in pubsub_sizes {
-        let target = if size <= 128 {
-            Target::VsDirectMin(0.9)
-        } else {
-            Target::VsRelayMin(1.0)
-        };
-        let mut row = Row::new(format!("pub->sub {label}"), "msg/s", target);
-        for round in 0..o.rounds {
-            for c in rotated(round) {
-                let v = run("pub->sub", c, load::pub_sub(s.addr(c), &s.auth(c), size, d))?;
-                row.push(c, v);
-            }
-        }
-        progress(&row, started);
-        rows.push(row);
+    if o.wants("pubsub") {
+        let f = |c, size| load::pub_sub(s.addr(c), &s.auth(c), s.probe(c), size, d);
+        let sizes = [sizes[0], sizes[2]];
+        throughput(o, started, "pub->sub", &sizes, f, &mut rows, &mut cpu_rows)?;
     }
 
     let mut p50 = Row::new("req/reply p50", "us", Target::VsRelayMax(1.1));
     let mut p99 = Row::new("req/reply p99", "us", Target::VsRelayMax(1.1));
+    let mut rr_cpu = Row::new("cpu/round trip req/reply", "us", Target::Info);
     let reqrep_rounds = if o.wants("reqrep") { o.rounds } else { 0 };
     for round in 0..reqrep_rounds {
         for c in rotated(round) {
-            let lat = load::request_reply(s.addr(c), &s.auth(c), d)
-                .map_err(|e| format!("request/reply via {c:?}: {e}"))?;
-            p50.push(c, percentile(&lat, 0.50));
-            p99.push(c, percentile(&lat, 0.99));
+            let rt = ctx(
+                "request/reply",
+                c,
+                load::request_reply(s.addr(c), &s.auth(c), s.probe(c), d),
+            )?;
+            p50.push(c, percentile(&rt.lat, 0.50));
+            p99.push(c, percentile(&rt.lat, 0.99));
+            rr_cpu.push_some(c, rt.cpu_us_per_trip());
         }
     }
     if reqrep_rounds > 0 {
-        progress(&p50, started);
-        progress(&p99, started);
-        rows.push(p50);
-        rows.push(p99);
+        for row in [p50, p99] {
+            progress(&row, started);
+            rows.push(row);
+        }
+        progress(&rr_cpu, started);
+        cpu_rows.push(rr_cpu);
     }
+
+    if o.wants("manyclients") {
+        many_clients(o, &s, started, &mut rows, &mut cpu_rows)?;
+    }
+    rows.append(&mut cpu_rows);
 
     // Connection set-up with the same JWT: nats-server in operator mode
     // (shown as "direct") against natsgate. The relay has no JWT server
@@ -499,7 +473,7 @@ fn bench(o: &Options) -> Result<(), String> {
                 Config::Direct => s.operator.addr,
                 _ => s.gate.addr,
             };
-            let v = run(
+            let v = ctx(
                 "JWT connects",
                 c,
                 load::connection_rate(addr, &s.user, 4, conn_time),
@@ -516,10 +490,15 @@ fn bench(o: &Options) -> Result<(), String> {
     // The memory figure uses fresh processes; these are no longer needed.
     drop(s);
     if o.wants("memory") {
-        rows.push(memory_row(o, &server_bin, gate_bin.as_deref(), &ids)?);
+        rows.extend(memory::rows(
+            o.clients,
+            &server_bin,
+            gate_bin.as_deref(),
+            &ids,
+        )?);
     }
 
-    print_table(&rows);
+    table::print_table(&rows);
     if gate_log.0 > 0 {
         println!(
             "\nnatsgate logged {} line(s) during the run; the last:",
@@ -537,69 +516,96 @@ fn bench(o: &Options) -> Result<(), String> {
     Ok(())
 }
 
-/// Memory per idle authenticated connection, on fresh processes: nats-server
-/// (direct clients), the relay and natsgate, each with `o.clients` clients.
-fn memory_row(
-    o: &Options,
-    server_bin: &std::path::Path,
-    gate_bin: Option<&std::path::Path>,
-    ids: &setup::Identities,
-) -> Result<Row, String> {
-    let mut row = Row::new(
-        format!("memory/idle conn @{}", o.clients),
-        "KiB",
-        Target::AbsMax(16.0),
-    );
-    if o.clients == 0 {
-        return Ok(row);
-    }
-    let dir = procs::ScratchDir::new().map_err(|e| format!("scratch dir: {e}"))?;
-    let server = NatsServer::start(
-        server_bin,
-        dir.path(),
-        "memory",
-        &setup::plain_server_config(),
-    )?;
-    let relay = procs::start_relay(server.addr)?;
-    let config = setup::write_gate_config(&dir.path().join("gate"), ids, server.addr)
-        .map_err(|e| format!("natsgate config: {e}"))?;
-    let gate = procs::start_natsgate(gate_bin, &config)?;
-    for c in CONFIGS {
-        let (addr, auth, pid) = match c {
-            Config::Direct => (server.addr, setup::gate_auth(), server.pid()),
-            Config::Relay => (relay.addr, setup::gate_auth(), relay.pid()),
-            Config::Gate => (gate.addr, ids.user.clone(), gate.pid()),
-        };
-        let first = client::Client::connect(addr, &auth, client::SMALL_BUFFER)
-            .map_err(|e| format!("memory via {c:?}: {e}"))?;
-        std::thread::sleep(Duration::from_millis(300));
-        let before = procs::rss_of(pid);
-        let idle = load::open_idle(addr, &auth, o.clients, 4)
-            .map_err(|e| format!("memory via {c:?}: {e}"))?;
-        std::thread::sleep(Duration::from_millis(1000));
-        let after = procs::rss_of(pid);
-        let per = after.saturating_sub(before) as f64 / o.clients as f64 / 1024.0;
-        println!(
-            "  memory {c:?}: RSS {:.1} MiB -> {:.1} MiB with {} clients, {per:.1} KiB each",
-            before as f64 / 1048576.0,
-            after as f64 / 1048576.0,
-            o.clients
-        );
-        row.push(c, per);
-        for cl in idle {
-            cl.close_now();
-        }
-        first.close_now();
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    Ok(row)
+/// A workload's error, naming the workload and the configuration.
+fn ctx<T>(what: &str, c: Config, r: std::io::Result<T>) -> Result<T, String> {
+    r.map_err(|e| format!("{what} via {c:?}: {e}"))
 }
 
-/// The configuration order for a round: rotated, so none always goes first.
-fn rotated(round: usize) -> [Config; 3] {
-    let mut order = CONFIGS;
-    order.rotate_left(round % 3);
-    order
+/// The rows of one throughput workload (`name`, e.g. "publish"): messages/s
+/// per size into `rows`, CPU per message per size into `cpu_rows`.
+fn throughput(
+    o: &Options,
+    started: Instant,
+    name: &str,
+    sizes: &[(usize, &str)],
+    measure: impl Fn(Config, usize) -> std::io::Result<Moved>,
+    rows: &mut Vec<Row>,
+    cpu_rows: &mut Vec<Row>,
+) -> Result<(), String> {
+    for &(size, label) in sizes {
+        let (target, cpu_target) = if size <= 128 {
+            (Target::VsDirectMin(0.9), Target::Info)
+        } else {
+            (Target::VsRelayMin(1.0), Target::VsRelayMax(1.5))
+        };
+        let mut row = Row::new(format!("{name} {label}"), "msg/s", target);
+        let mut cpu = Row::new(format!("cpu/msg {name} {label}"), "ns", cpu_target);
+        for round in 0..o.rounds {
+            for c in rotated(round) {
+                let m = ctx(name, c, measure(c, size))?;
+                row.push(c, m.rate());
+                cpu.push_some(c, m.cpu_ns_per_msg());
+            }
+        }
+        progress(&row, started);
+        progress(&cpu, started);
+        rows.push(row);
+        cpu_rows.push(cpu);
+    }
+    Ok(())
+}
+
+/// The many-clients rows: delivered messages/s flat out (and its CPU per
+/// delivery), and p99 delivery latency at the paced load.
+fn many_clients(
+    o: &Options,
+    s: &Setup,
+    started: Instant,
+    rows: &mut Vec<Row>,
+    cpu_rows: &mut Vec<Row>,
+) -> Result<(), String> {
+    let label = format!("{} B", many::PAYLOAD);
+    let mut rate = Row::new(
+        format!("many clients {label}"),
+        "msg/s",
+        Target::VsRelayMin(1.0),
+    );
+    let mut p99 = Row::new(
+        format!("many clients p99 @{} ms", o.pace.as_millis()),
+        "us",
+        Target::VsRelayMax(1.0),
+    );
+    let mut busy = Row::new("machine busy, paced", "%", Target::Info);
+    let mut cpu = Row::new(format!("cpu/msg many clients {label}"), "ns", Target::Info);
+    let pause = Duration::from_millis(200);
+    for round in 0..o.rounds {
+        for c in rotated(round) {
+            let m = ctx(
+                "many clients",
+                c,
+                many::throughput(s.addr(c), &s.auth(c), s.probe(c), o.measure),
+            )?;
+            rate.push(c, m.rate());
+            cpu.push_some(c, m.cpu_ns_per_msg());
+            // Lets the servers finish closing the 200 connections.
+            std::thread::sleep(pause);
+            let paced = ctx(
+                "many clients latency",
+                c,
+                many::latency(s.addr(c), &s.auth(c), o.measure, o.pace),
+            )?;
+            p99.push(c, percentile(&paced.lat, 0.99));
+            busy.push_some(c, paced.busy);
+            std::thread::sleep(pause);
+        }
+    }
+    for row in [rate, p99, busy] {
+        progress(&row, started);
+        rows.push(row);
+    }
+    progress(&cpu, started);
+    cpu_rows.push(cpu);
+    Ok(())
 }
 
 fn server_version(bin: &std::path::Path) -> String {
@@ -608,77 +614,4 @@ fn server_version(bin: &std::path::Path) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_else(|e| e.to_string())
-}
-
-fn progress(row: &Row, started: Instant) {
-    let f = |c| {
-        row.median(c)
-            .map_or("-".to_owned(), |v| fmt_value(v, row.unit))
-    };
-    println!(
-        "  [{:>4.0} s] {:<24} direct {:>10}  relay {:>10}  natsgate {:>10}",
-        started.elapsed().as_secs_f64(),
-        row.name,
-        f(Config::Direct),
-        f(Config::Relay),
-        f(Config::Gate)
-    );
-}
-
-fn fmt_value(v: f64, unit: &str) -> String {
-    match unit {
-        "msg/s" | "conn/s" if v >= 1e6 => format!("{:.2}M", v / 1e6),
-        "msg/s" | "conn/s" if v >= 1e3 => format!("{:.1}k", v / 1e3),
-        "msg/s" | "conn/s" => format!("{v:.0}"),
-        _ => format!("{v:.1}"),
-    }
-}
-
-fn print_table(rows: &[Row]) {
-    println!();
-    println!(
-        "{:<26} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}  {:<16} met",
-        "figure", "unit", "direct", "relay", "natsgate", "gate/dir", "gate/relay", "target"
-    );
-    println!("{}", "-".repeat(112));
-    for row in rows {
-        let d = row.median(Config::Direct);
-        let r = row.median(Config::Relay);
-        let g = row.median(Config::Gate);
-        let cell = |v: Option<f64>| v.map_or("-".to_owned(), |v| fmt_value(v, row.unit));
-        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-            _ => None,
-        };
-        let gd = ratio(g, d);
-        let gr = ratio(g, r);
-        let (target, met) = match row.target {
-            Target::VsDirectMin(t) => (format!(">= {t} x direct"), gd.map(|x| x >= t)),
-            Target::VsRelayMin(t) => (format!(">= {t} x relay"), gr.map(|x| x >= t)),
-            Target::VsRelayMax(t) => (format!("<= {t} x relay"), gr.map(|x| x <= t)),
-            Target::AbsMax(t) => (format!("<= {t} {}", row.unit), g.map(|x| x <= t)),
-        };
-        let fr = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{x:.2}"));
-        println!(
-            "{:<26} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10}  {:<16} {}",
-            row.name,
-            row.unit,
-            cell(d),
-            cell(r),
-            cell(g),
-            fr(gd),
-            fr(gr),
-            target,
-            match met {
-                Some(true) => "yes",
-                Some(false) => "NO",
-                None => "-",
-            }
-        );
-    }
-    println!(
-        "\nmedians of the rounds; \"direct\" for JWT connects is nats-server in operator mode \
-         with the same JWTs; memory is RSS growth per idle client of a fresh process \
-         (direct: nats-server, relay: the relay process)."
-    );
 }

@@ -313,17 +313,43 @@ pub fn nats_server_bin() -> Result<PathBuf, String> {
         })
 }
 
-/// Raises the soft open-file limit to the hard limit (children inherit it).
-/// Returns the soft limit now in force.
-pub fn raise_nofile_limit() -> u64 {
+/// Raises this process's open-file limit, which the children started after
+/// it inherit: when the hard limit is below `want`, the hard limit to `want`
+/// (at most `/proc/sys/fs/nr_open`; needs root or CAP_SYS_RESOURCE, and is
+/// skipped without), then the soft limit to the hard limit. Returns the soft
+/// limit now in force, and why the hard limit could not be raised.
+pub fn raise_nofile_limit(want: u64) -> (u64, Option<String>) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    let mut why = None;
     // SAFETY: getrlimit/setrlimit with a valid, owned struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
+            return (0, Some(std::io::Error::last_os_error().to_string()));
+        }
+        if lim.rlim_max < want {
+            let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(1 << 20);
+            let max = want.min(nr_open);
+            let raised = libc::rlimit {
+                rlim_cur: max,
+                rlim_max: max,
+            };
+            if max > lim.rlim_max {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    lim = raised;
+                } else {
+                    why = Some(format!(
+                        "raising the hard limit {} to {max}: {} (needs CAP_SYS_RESOURCE)",
+                        lim.rlim_max,
+                        std::io::Error::last_os_error()
+                    ));
+                }
+            }
         }
         if lim.rlim_cur < lim.rlim_max {
             let want = libc::rlimit {
@@ -335,5 +361,17 @@ pub fn raise_nofile_limit() -> u64 {
             }
         }
     }
-    lim.rlim_cur
+    (lim.rlim_cur, why)
+}
+
+/// The soft open-file limit of `pid` (`Max open files` in
+/// `/proc/<pid>/limits`), `None` when unknown or unlimited.
+pub fn nofile_limit_of(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_ascii_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
