@@ -22,7 +22,7 @@ pub fn rows(
     let mut own = Row::new(
         format!("memory/idle conn @{clients}"),
         "KiB",
-        Target::AbsMax(16.0),
+        Target::AbsMax(12.0),
     );
     let mut upstream = Row::new("memory upstream/idle conn", "KiB", Target::Info);
     if clients == 0 {
