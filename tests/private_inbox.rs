@@ -198,6 +198,15 @@ async fn story(url: &str, w: &World) -> Vec<String> {
     t.push(format!("pam got {:?}", reply_shape(&r)));
     let mut snoop = pam.nc.subscribe("_INBOX.>").await.expect("pam subscribe");
     pam.flush().await;
+    // async-nats' flush has no PING round trip, so the SUB may still be on
+    // its way when joe's reply is published. A request on pam's own
+    // connection is answered only after the server has processed the SUB
+    // sent before it; its reply reaches the snoop subscription too.
+    pam.request("services.greet").await.expect("pam's request");
+    tokio::time::timeout(WAIT, snoop.next())
+        .await
+        .expect("pam's _INBOX.> did not see pam's own reply")
+        .expect("pam's subscription ended");
     let r = joe.request("services.greet").await.expect("joe's request");
     t.push(format!("joe got {:?}", reply_shape(&r)));
     pam.flush().await;
