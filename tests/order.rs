@@ -947,7 +947,9 @@ fn load_pubs() -> Vec<u8> {
 
 /// A client that writes CONNECT and [`LOAD`] PUBs, then closes its socket
 /// at once: every PUB reaches the subscriber, on nats-server and through
-/// natsgate (whose close writes what it accepted upstream first).
+/// natsgate. (Here natsgate has usually written everything upstream before
+/// it reads the client's end, so this does not force its close to drain a
+/// backlog: the fatal-frame and SIGTERM tests do.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_closes_right_after_publishing_loses_nothing() {
     let w = World::start();
