@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::permissions::{PermissionSpec, Permissions};
 use crate::protocol::connect::ConnectOptions;
 use crate::protocol::info::{ClientInfo, UpstreamInfo};
+use crate::store::AccountStore;
 use crate::upstream::UpstreamPool;
 
 /// What every session reads and the reload changes.
@@ -47,6 +48,9 @@ pub struct Gate {
     /// limit, counted per natsgate instance).
     account_connections: Mutex<HashMap<String, i64>>,
     user_info_seq: AtomicU64,
+    /// Where account JWTs pushed over NATS are kept (`accounts_dir`,
+    /// `[jwt.kv]`).
+    pub store: AccountStore,
 }
 
 impl Gate {
@@ -71,7 +75,9 @@ impl Gate {
             upstream_tls,
             settings.upstream.tls.clone(),
         );
+        let store = AccountStore::new(&settings, &metrics);
         Ok(Gate {
+            store,
             settings,
             auth: ArcSwap::from_pointee(authenticator),
             auth_writer: Mutex::new(()),
@@ -246,9 +252,77 @@ impl Gate {
         }
     }
 
-    /// The next sequence number of a `$SYS.REQ.USER.INFO` answer.
-    pub fn next_user_info_seq(&self) -> u64 {
-        self.user_info_seq.fetch_add(1, Ordering::Relaxed) + 1
+    /// nats-server's `ServerInfo` of its system replies (`server` in the
+    /// `$SYS.REQ.USER.INFO` and account resolver answers), for natsgate.
+    pub fn server_json(&self) -> serde_json::Value {
+        let facts = self.upstream.facts();
+        let seq = self.user_info_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        serde_json::json!({
+            "name": self.settings.listen.server_name,
+            "host": self.listen.ip().to_string(),
+            "id": self.server_id,
+            "ver": facts.version,
+            "seq": seq,
+            "time": jiff::Timestamp::now().to_string(),
+        })
+    }
+
+    /// What `/healthz` answers: whether an upstream is reachable, and the
+    /// state of the `[jwt.kv]` bucket as detail (an unreachable bucket does
+    /// not make natsgate unhealthy: it serves the accounts last seen).
+    pub fn health(&self) -> crate::metrics::Health {
+        let detail = match self.store.fleet() {
+            None => String::new(),
+            Some(fleet) => {
+                let status = fleet.status();
+                let bucket = &fleet.settings.bucket;
+                if status.reachable {
+                    format!(
+                        "account store: kv bucket {bucket} watched, {} accounts",
+                        status.accounts
+                    )
+                } else {
+                    format!(
+                        "account store: kv bucket {bucket} unreachable ({}); serving the accounts last seen",
+                        status.problem
+                    )
+                }
+            }
+        };
+        crate::metrics::Health {
+            ok: self.upstream.reachable(),
+            detail,
+        }
+    }
+
+    /// Whether natsgate answers the account resolver's requests (spec 6.4)
+    /// of system-account users itself: in operator mode (`[jwt]`).
+    pub fn serves_resolver(&self) -> bool {
+        self.settings.jwt.is_some()
+    }
+
+    /// The trust store now (`None` without `[jwt]`).
+    pub fn trust(&self) -> Option<TrustStore> {
+        self.authenticator().trust().cloned()
+    }
+
+    /// After a config reload re-read the files: applies again the account
+    /// JWTs that came from the bucket or over NATS and are not older than
+    /// the files' ones.
+    pub fn reapply_remembered(&self) {
+        let remembered = self.store.remembered();
+        if remembered.is_empty() {
+            return;
+        }
+        self.update_trust(|trust| {
+            let mut changed = false;
+            for jwt in &remembered {
+                if let Ok(info) = trust.check_update(jwt, None, SystemTime::now()) {
+                    changed |= trust.install(info) != crate::auth::jwt::AccountChange::Unchanged;
+                }
+            }
+            changed
+        });
     }
 }
 

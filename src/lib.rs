@@ -18,9 +18,14 @@
 //!   Not: how a session reacts (it re-checks itself).
 //! - [`session`]: one client connection from INFO to close: handshake,
 //!   relay, order of replies, drain on close. Not: shared state.
+//! - [`resolver`]: the NATS account resolver protocol natsgate answers for
+//!   system-account users, and the watch of the `[jwt.kv]` bucket. Not:
+//!   where JWTs are kept.
 //! - [`gate`]: what sessions share: settings, the authenticator swap,
 //!   upstream pool, metrics, account counts, INFO. Not: any connection.
 //! - [`upstream`]: dialing and logging in to the nats-server. Not: relaying.
+//! - [`store`]: where accepted account JWTs are kept (`accounts_dir`, the
+//!   `[jwt.kv]` bucket). Not: checking them.
 //! - [`metrics`]: every series and the HTTP endpoints. Not: when to count.
 //! - [`auth`]: nonce, NKey signatures, the JWT chain. Not: the wire.
 //! - [`tls`]: rustls configurations from the settings. Not: the handshake.
@@ -42,9 +47,11 @@ pub mod metrics;
 pub mod permissions;
 pub mod protocol;
 pub mod reload;
+pub mod resolver;
 pub mod service;
 pub mod session;
 pub mod shutdown;
+pub mod store;
 pub mod tls;
 pub mod transport;
 pub mod upstream;

@@ -219,7 +219,83 @@ fn jwt_summary(out: &mut String, settings: &Settings) -> Result<(), String> {
         ],
         &rows,
     );
+    if let Some(kv) = &jwt.kv {
+        kv_summary(out, settings, kv, &trust);
+    }
     Ok(())
+}
+
+/// The `[jwt.kv]` part of `natsgate check`: the bucket's entries, each
+/// verified as natsgate would before using it. An unreachable bucket is
+/// shown, not an error: natsgate starts without it.
+fn kv_summary(
+    out: &mut String,
+    settings: &Settings,
+    kv: &natsgate::config::KvSettings,
+    trust: &natsgate::auth::jwt::TrustStore,
+) {
+    out.push_str(&format!(
+        "\naccount store: kv bucket {} (replicas {}, create {}) on the upstream\n",
+        kv.bucket, kv.replicas, kv.create
+    ));
+    let fleet = natsgate::store::FleetStore::new(
+        kv.clone(),
+        &settings.upstream,
+        natsgate::metrics::Metrics::new(),
+    );
+    let contents = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(fleet.contents()));
+    let entries = match contents {
+        Ok(entries) => entries,
+        Err(e) => {
+            out.push_str(&format!("  not readable now: {e}\n"));
+            return;
+        }
+    };
+    let now = std::time::SystemTime::now();
+    let rows: Vec<[String; 4]> = entries
+        .iter()
+        .map(|(key, value)| {
+            let Some(value) = value else {
+                return [
+                    key.clone(),
+                    "-".into(),
+                    "-".into(),
+                    "deleted (ignored)".into(),
+                ];
+            };
+            let token = String::from_utf8_lossy(value);
+            match trust.check_update(token.trim(), Some(key), now) {
+                Ok(info) => [
+                    key.clone(),
+                    info.name.clone(),
+                    info.claims.issued_at.to_string(),
+                    "ok".into(),
+                ],
+                Err(_) if trust.check_delete(token.trim(), true).is_ok() => [
+                    key.clone(),
+                    "-".into(),
+                    "-".into(),
+                    "deleted by the operator".into(),
+                ],
+                Err(refusal) => [
+                    key.clone(),
+                    "-".into(),
+                    "-".into(),
+                    format!("refused: {}", refusal.description()),
+                ],
+            }
+        })
+        .collect();
+    out.push_str(&format!("  entries: {}\n", rows.len()));
+    let rows: Vec<[&str; 4]> = rows
+        .iter()
+        .map(|r| r.each_ref().map(String::as_str))
+        .collect();
+    table(out, ["ACCOUNT", "NAME", "IAT", "STATE"], &rows);
 }
 
 /// Runs the proxy until SIGTERM/SIGINT.

@@ -166,6 +166,26 @@ impl Metrics {
         for side in [Stuck::Client, Stuck::Upstream] {
             drain_timeouts.with_label_values(&[side.as_str()]);
         }
+        let account_store_up = IntGauge::new(
+            "natsgate_account_store_up",
+            "1 while the [jwt.kv] account bucket is reachable and watched, 0 otherwise \
+             (always 0 without [jwt.kv]).",
+        )
+        .expect("static metric name and help are valid");
+        let account_updates = IntCounterVec::new(
+            Opts::new(
+                "natsgate_account_updates_total",
+                "Account JWT updates, by source (nats: a resolver push to this instance, \
+                 kv: read from the account bucket) and result (applied|refused).",
+            ),
+            &["source", "result"],
+        )
+        .expect("static metric name, help and labels are valid");
+        for source in ["nats", "kv"] {
+            for result in ["applied", "refused"] {
+                account_updates.with_label_values(&[source, result]);
+            }
+        }
 
         for collector in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
@@ -178,6 +198,8 @@ impl Metrics {
             Box::new(upstream_up.clone()),
             Box::new(slow_consumers.clone()),
             Box::new(drain_timeouts.clone()),
+            Box::new(account_store_up.clone()),
+            Box::new(account_updates.clone()),
         ] {
             registry
                 .register(collector)
@@ -208,6 +230,8 @@ impl Metrics {
                 upstream_up,
                 slow_consumers,
                 drain_timeouts,
+                account_store_up,
+                account_updates,
             }),
         }
     }
@@ -256,6 +280,21 @@ impl Metrics {
     /// Whether an upstream server is reachable now.
     pub fn upstream_up(&self, up: bool) {
         self.inner.upstream_up.set(i64::from(up));
+    }
+
+    /// Whether the `[jwt.kv]` bucket is reachable now.
+    pub fn account_store_up(&self, up: bool) {
+        self.inner.account_store_up.set(i64::from(up));
+    }
+
+    /// An account JWT update from `source` (`nats` or `kv`) was applied or
+    /// refused.
+    pub fn account_update(&self, source: &'static str, applied: bool) {
+        let result = if applied { "applied" } else { "refused" };
+        self.inner
+            .account_updates
+            .with_label_values(&[source, result])
+            .inc();
     }
 
     /// A client was disconnected as a slow consumer.
@@ -323,6 +362,14 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// What `/healthz` answers: 200 when `ok`, else 503; `detail` (lines such
+/// as the account store's state) follows the first line when not empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    pub ok: bool,
+    pub detail: String,
+}
+
 /// Serves `GET /metrics` and `GET /healthz` on `listener` until `shutdown`
 /// is cancelled. `HEAD` is answered like `GET`; any other method or path
 /// gets 404.
@@ -339,10 +386,10 @@ impl std::fmt::Debug for Metrics {
 pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
-    healthy: impl Fn() -> bool + Send + Sync + 'static,
+    healthy: impl Fn() -> Health + Send + Sync + 'static,
     shutdown: CancellationToken,
 ) {
-    let healthy: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(healthy);
+    let healthy: Arc<dyn Fn() -> Health + Send + Sync> = Arc::new(healthy);
     let permits = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
     let tracker = TaskTracker::new();
     if let Ok(addr) = listener.local_addr() {
@@ -425,6 +472,8 @@ struct Inner {
     upstream_up: IntGauge,
     slow_consumers: IntCounter,
     drain_timeouts: IntCounterVec,
+    account_store_up: IntGauge,
+    account_updates: IntCounterVec,
 }
 
 impl Inner {
@@ -462,7 +511,7 @@ struct RelayCounters {
 fn respond(
     request: &Request<Incoming>,
     metrics: &Metrics,
-    healthy: &(dyn Fn() -> bool + Send + Sync),
+    healthy: &(dyn Fn() -> Health + Send + Sync),
 ) -> Response<Full<Bytes>> {
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         return text(StatusCode::NOT_FOUND, "not found\n");
@@ -476,11 +525,25 @@ fn respond(
             );
             response
         }
-        "/healthz" if healthy() => text(StatusCode::OK, "ok"),
-        "/healthz" => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no upstream server reachable",
-        ),
+        "/healthz" => {
+            let health = healthy();
+            let (status, summary) = if health.ok {
+                (StatusCode::OK, "ok")
+            } else {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no upstream server reachable",
+                )
+            };
+            if health.detail.is_empty() {
+                text(status, summary)
+            } else {
+                let body = format!("{summary}\n{}\n", health.detail);
+                let mut response = text(status, "");
+                *response.body_mut() = Full::new(Bytes::from(body));
+                response
+            }
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -758,7 +821,10 @@ mod tests {
         let task = tokio::spawn(serve(
             listener,
             metrics.clone(),
-            move || healthy.load(Ordering::SeqCst),
+            move || Health {
+                ok: healthy.load(Ordering::SeqCst),
+                detail: String::new(),
+            },
             shutdown.clone(),
         ));
         (addr, metrics, shutdown, task)

@@ -37,6 +37,8 @@ pub async fn watch(gate: Arc<Gate>, shutdown: CancellationToken) {
         operators: Vec::new(),
         accounts_dir: None,
         accounts: Vec::new(),
+        allow_delete: false,
+        kv: None,
     });
     let mut seen = Seen::new();
     // The start-up load read everything; remember it without re-reading.
@@ -184,6 +186,7 @@ fn reload_config(gate: &Gate) -> bool {
         );
     }
     gate.install_authenticator(authenticator);
+    gate.reapply_remembered();
     info!(users = settings.users.len(), "config reloaded");
     true
 }

@@ -90,6 +90,22 @@ pub async fn run_on_workers(
     let tracker = TaskTracker::new();
     let sessions = shutdown.child_token();
     tracker.spawn(crate::reload::watch(gate.clone(), sessions.clone()));
+    if gate.store.fleet().is_some() {
+        // A new instance starts from the bucket's contents: clients are
+        // taken once it was read (or could not be, within START_WAIT).
+        let loaded = Arc::new(tokio::sync::Notify::new());
+        tracker.spawn(crate::resolver::fleet::follow(
+            gate.clone(),
+            loaded.clone(),
+            sessions.clone(),
+        ));
+        let wait = crate::resolver::fleet::START_WAIT;
+        if tokio::time::timeout(wait, loaded.notified()).await.is_err() {
+            warn!(
+                "the account bucket was not read within {wait:?}; starting with the accounts of the files"
+            );
+        }
+    }
     // The metrics endpoint outlives the sessions: what they deliver while
     // they drain is counted and can still be scraped.
     let endpoint = TaskTracker::new();
@@ -99,7 +115,7 @@ pub async fn run_on_workers(
             info!(addr = %addr, "metrics listening");
         }
         let health = gate.clone();
-        let healthy = move || health.upstream.reachable();
+        let healthy = move || health.health();
         endpoint.spawn(metrics::serve(
             metrics_listener,
             gate.metrics.clone(),

@@ -134,6 +134,18 @@ pub(super) struct JwtFile {
     pub accounts_dir: Option<String>,
     #[serde(default)]
     pub accounts: Vec<String>,
+    #[serde(default)]
+    pub allow_delete: bool,
+    pub kv: Option<KvFile>,
+}
+
+/// `[jwt.kv]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KvFile {
+    pub bucket: String,
+    pub replicas: Option<usize>,
+    pub create: Option<bool>,
 }
 
 /// `[[users]]`

@@ -142,6 +142,23 @@ pub struct JwtSettings {
     pub operators: Vec<PathBuf>,
     pub accounts_dir: Option<PathBuf>,
     pub accounts: Vec<PathBuf>,
+    /// `$SYS.REQ.CLAIMS.DELETE` is served (nats-server's resolver
+    /// `allow_delete`); off by default.
+    pub allow_delete: bool,
+    /// `[jwt.kv]`: the fleet account store, when set.
+    pub kv: Option<KvSettings>,
+}
+
+/// `[jwt.kv]`: account JWTs in a JetStream KV bucket on the upstream
+/// cluster, shared by every natsgate instance that names it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KvSettings {
+    /// A valid KV bucket name (`[A-Za-z0-9_-]+`).
+    pub bucket: String,
+    /// 1 to 5.
+    pub replicas: usize,
+    /// Create the bucket when it is missing.
+    pub create: bool,
 }
 
 /// `[[users]]`: a static NKey user.

@@ -267,6 +267,21 @@ fn jwt_only_fixture() {
     );
 }
 
+#[test]
+fn kv_fixture_names_the_bucket_and_takes_the_defaults() {
+    let settings = load_valid("jwt-kv.toml");
+    let jwt = settings.jwt.expect("[jwt] is set");
+    assert_eq!(jwt.accounts_dir, None);
+    assert!(jwt.allow_delete);
+    let kv = jwt.kv.expect("[jwt.kv] is set");
+    assert_eq!(kv.bucket, "natsgate-accounts");
+    assert_eq!(kv.replicas, 3);
+    assert!(kv.create, "create defaults to true");
+    let minimal = load_valid("jwt-only.toml").jwt.expect("[jwt] is set");
+    assert_eq!(minimal.kv, None);
+    assert!(!minimal.allow_delete, "allow_delete defaults to false");
+}
+
 // === inline configs ===
 
 #[test]

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::creds::{parse_creds, parse_seed_file};
 use super::file::{
-    AllowResponsesFile, CredentialFile, FileConfig, JwtFile, ListenFile, LogFile, LogFormatFile,
-    PermissionsFile, SubjectRulesFile, UpstreamFile, UserFile,
+    AllowResponsesFile, CredentialFile, FileConfig, JwtFile, KvFile, ListenFile, LogFile,
+    LogFormatFile, PermissionsFile, SubjectRulesFile, UpstreamFile, UserFile,
 };
 use super::values::{
     check_host_port, check_permission_subject, check_user_public_key, default_server_name,
@@ -303,10 +303,36 @@ impl Context<'_> {
                 "at least one trusted operator JWT file is needed when [jwt] is present",
             ));
         }
+        let kv = jwt.kv.as_ref().map(|kv| self.kv(kv)).transpose()?;
         Ok(JwtSettings {
             operators: jwt.operators.iter().map(|p| self.resolve(p)).collect(),
             accounts_dir: jwt.accounts_dir.as_deref().map(|p| self.resolve(p)),
             accounts: jwt.accounts.iter().map(|p| self.resolve(p)).collect(),
+            allow_delete: jwt.allow_delete,
+            kv,
+        })
+    }
+
+    fn kv(&self, kv: &KvFile) -> Result<KvSettings, ConfigError> {
+        let valid = !kv.bucket.is_empty()
+            && kv
+                .bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(self.invalid(
+                "jwt.kv.bucket",
+                "a bucket name is one or more of A-Z, a-z, 0-9, _ and -",
+            ));
+        }
+        let replicas = kv.replicas.unwrap_or(1);
+        if !(1..=5).contains(&replicas) {
+            return Err(self.invalid("jwt.kv.replicas", "must be 1 to 5"));
+        }
+        Ok(KvSettings {
+            bucket: kv.bucket.clone(),
+            replicas,
+            create: kv.create.unwrap_or(true),
         })
     }
 

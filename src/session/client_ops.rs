@@ -19,6 +19,7 @@ use crate::permissions::{Authorizer, PublishDecision};
 use crate::protocol::client::{self, ClientOp};
 use crate::protocol::encode;
 use crate::protocol::subject::{is_valid_literal_subject, is_valid_subject};
+use crate::resolver::Request;
 use crate::transport::OutQueue;
 
 /// The subject natsgate answers itself (spec 9.4).
@@ -36,7 +37,7 @@ impl Relay {
         let (used, stop) = scan(
             &input,
             |buf| client::parse(buf, &limits),
-            |op, start, end| self.client_op(op, start, end, &mut pieces, now),
+            |op, start, end| self.client_op(op, &input[start..end], start, end, &mut pieces, now),
         );
         let (needed, result) = match stop {
             Scanned::Incomplete(needed) => (needed, Ok(())),
@@ -64,6 +65,7 @@ impl Relay {
     fn client_op(
         &mut self,
         op: ClientOp<'_>,
+        frame: &[u8],
         start: usize,
         end: usize,
         pieces: &mut Pieces,
@@ -91,6 +93,10 @@ impl Relay {
                 total_len: payload_len,
                 ..
             } => {
+                let header_len = match op {
+                    ClientOp::Hpub { header_len, .. } => header_len,
+                    _ => 0,
+                };
                 if user.opts.pedantic && !is_valid_literal_subject(subject) {
                     let err = Bytes::from_static(encode::ERR_INVALID_PUBLISH_SUBJECT);
                     order.frame(err, out);
@@ -101,6 +107,26 @@ impl Relay {
                     {
                         ok(order, out);
                         self.answer_user_info(reply.unwrap_or_default(), pieces, now);
+                    }
+                    PublishDecision::Allow
+                        if user.identity.system_account && self.gate.serves_resolver() =>
+                    {
+                        match Request::parse(subject) {
+                            Some(request) => {
+                                ok(order, out);
+                                // The body, without the CRLF and the headers.
+                                let body = &frame[frame.len() - 2 - payload_len..frame.len() - 2];
+                                let body =
+                                    Bytes::copy_from_slice(&body[header_len.min(body.len())..]);
+                                let reply = reply.map(Bytes::copy_from_slice);
+                                self.ask_resolver(request, body, reply);
+                            }
+                            None => {
+                                pieces.pass(start, end);
+                                pieces.count(payload_len);
+                                ok(order, out);
+                            }
+                        }
                     }
                     PublishDecision::Allow => {
                         pieces.pass(start, end);
@@ -251,20 +277,34 @@ impl Relay {
     /// 9.4): the upstream would describe natsgate's credential instead. The
     /// reply goes to this connection's subscriptions that match it.
     fn answer_user_info(&mut self, reply: &[u8], pieces: &mut Pieces, now: std::time::Instant) {
+        let payload = super::user_info::render(&self.gate, &self.user.identity);
+        self.deliver_own(reply, &payload, now, |unsub| pieces.made(unsub));
+    }
+
+    /// Delivers a message natsgate made (an answer in the upstream's
+    /// place) to this connection's subscriptions matching `subject`, as
+    /// the upstream would: delivery filters and `UNSUB <sid> <max>` apply;
+    /// `unsub` takes the UNSUB of a subscription that reached its max.
+    pub(super) fn deliver_own(
+        &mut self,
+        subject: &[u8],
+        payload: &[u8],
+        now: std::time::Instant,
+        mut unsub: impl FnMut(Bytes),
+    ) {
         let user = &mut self.user;
-        let payload = super::user_info::render(&self.gate, &user.identity);
-        for (sid, _) in user.subs.matching(reply) {
+        for (sid, _) in user.subs.matching(subject) {
             let authz = &mut user.authz;
-            let delivery = user
-                .subs
-                .deliver(&sid, |queue| authz.filter_delivery(reply, queue, None, now));
+            let delivery = user.subs.deliver(&sid, |queue| {
+                authz.filter_delivery(subject, queue, None, now)
+            });
             if matches!(delivery, Delivery::Unknown | Delivery::Filtered) {
                 continue;
             }
-            let frame = encode::msg(reply, &sid, None, &payload);
+            let frame = encode::msg(subject, &sid, None, payload);
             self.order.frame(frame, &mut self.client.out);
             if delivery == Delivery::DeliverLast {
-                pieces.made(encode::unsub(&sid));
+                unsub(encode::unsub(&sid));
             }
         }
     }

@@ -15,8 +15,10 @@
 mod client_ops;
 mod conn;
 mod order;
+mod own_answers;
 mod pieces;
 mod relay;
+mod resolver_ops;
 mod subs;
 mod upstream_ops;
 mod user_info;

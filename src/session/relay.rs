@@ -30,6 +30,7 @@ use tracing::debug;
 
 use super::conn::{Conn, HIGH_WATER, Read};
 use super::order::{Order, Ping};
+use super::own_answers::{OwnAnswer, OwnAnswers};
 use super::subs::Subscriptions;
 use super::{Authenticated, Close, until};
 use crate::auth::Identity;
@@ -101,6 +102,8 @@ pub struct Relay {
     pub(super) keepalive: KeepAlive,
     /// PUB/HPUB frames passed upstream so far (logged at the close).
     pub(super) pubs_accepted: u64,
+    /// Account resolver requests answered by natsgate, in flight.
+    pub(super) own: OwnAnswers,
     /// Changes after every account update and config reload (taken by the
     /// relay loop).
     accounts: Option<watch::Receiver<u64>>,
@@ -172,6 +175,7 @@ impl Relay {
                 next: next_ping,
             },
             pubs_accepted: 0,
+            own: OwnAnswers::default(),
             closing_at: None,
             grace_end: None,
             timer: Box::pin(sleep_until(next_ping)),
@@ -250,6 +254,7 @@ impl Relay {
                     accounts = Box::pin(next_change(rx));
                     Event::AccountsChanged(ok)
                 }
+                Some(answer) = self.own.next() => Event::OwnAnswer(answer),
             };
             let result = match event {
                 Event::Shutdown => self.lame_duck(),
@@ -272,6 +277,10 @@ impl Relay {
                 }
                 Event::Timer => self.on_timer(),
                 Event::AccountsChanged(ok) => self.recheck(ok),
+                Event::OwnAnswer(answer) => {
+                    self.on_own_answer(answer);
+                    Ok(())
+                }
             };
             if let Err(why) = result {
                 return why;
@@ -535,6 +544,7 @@ enum Event {
     UpstreamWritable(bool),
     Timer,
     AccountsChanged(bool),
+    OwnAnswer(OwnAnswer),
 }
 
 /// Resolves when the account generation changes, handing the receiver back

@@ -12,8 +12,6 @@ use crate::permissions::{PermissionSpec, ResponseLimits, SubjectRules};
 /// as nats-server's: permissions with the response defaults applied,
 /// `expires` in nanoseconds from now.
 pub(super) fn render(gate: &Gate, identity: &Identity) -> Vec<u8> {
-    let seq = gate.next_user_info_seq();
-    let facts = gate.upstream.facts();
     let mut data = Map::new();
     data.insert("user".into(), json!(identity.user));
     let account = if identity.account.is_empty() {
@@ -43,14 +41,7 @@ pub(super) fn render(gate: &Gate, identity: &Identity) -> Vec<u8> {
         );
     }
     let reply = json!({
-        "server": {
-            "name": gate.settings.listen.server_name,
-            "host": gate.listen.ip().to_string(),
-            "id": gate.server_id,
-            "ver": facts.version,
-            "seq": seq,
-            "time": jiff::Timestamp::now().to_string(),
-        },
+        "server": gate.server_json(),
         "data": Value::Object(data),
     });
     let mut out = Vec::new();

@@ -9,9 +9,9 @@ use std::path::Path;
 use nkeys::KeyPair;
 
 pub use natsgate::auth::jwt::claims::{
-    Account, AccountClaims, Operator as OperatorNats, OperatorClaims, OperatorLimits, Permission,
-    Permissions, ResponsePermission, SigningKey, TimeRange, User, UserClaims, UserPermissionLimits,
-    UserScope,
+    Account, AccountClaims, Generic, GenericClaims, Operator as OperatorNats, OperatorClaims,
+    OperatorLimits, Permission, Permissions, ResponsePermission, SigningKey, TimeRange, User,
+    UserClaims, UserPermissionLimits, UserScope,
 };
 pub use natsgate::auth::jwt::encode::{encode, encode_as_is, format_creds, unix_now};
 

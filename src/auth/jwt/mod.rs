@@ -253,6 +253,29 @@ pub enum AccountChange {
     Unchanged,
 }
 
+/// Why a resolver push was refused: nats-server's reply is
+/// `{"account": account, "code": 500, "description": "<message> - <error>"}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateRefusal {
+    pub account: String,
+    pub message: &'static str,
+    pub error: String,
+}
+
+impl UpdateRefusal {
+    pub fn description(&self) -> String {
+        format!("{} - {}", self.message, self.error)
+    }
+}
+
+/// Why a resolver delete request was refused: `by` is the requester
+/// (the JWT's subject, empty when it did not decode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteRefusal {
+    pub by: String,
+    pub error: String,
+}
+
 /// A JWT file or token that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -11,8 +11,8 @@ use super::user_checks::{
     permissions_of, permissions_spec, source_allowed, validate_limits, validate_user,
 };
 use super::{
-    AccountChange, AccountInfo, AccountLimits, AccountSigningKey, Disconnect, JwtAuthError,
-    JwtLoadError, JwtLogin, JwtRefusal, JwtUser, OperatorInfo, times,
+    AccountChange, AccountInfo, AccountLimits, AccountSigningKey, DeleteRefusal, Disconnect,
+    JwtAuthError, JwtLoadError, JwtLogin, JwtRefusal, JwtUser, OperatorInfo, UpdateRefusal, times,
 };
 use crate::auth::nkey;
 
@@ -252,6 +252,146 @@ impl TrustStore {
             return Err(Disconnect::UserExpired);
         }
         Ok(())
+    }
+
+    // === updates over NATS (the account resolver, spec 6.4) ===
+
+    /// The system account's public key (the first operator's
+    /// `system_account`).
+    pub fn system_account(&self) -> Option<&str> {
+        self.system_account.as_deref()
+    }
+
+    /// Checks an account JWT pushed to the resolver, in nats-server's order
+    /// (`DirAccResolver.Start`): `subject` is the account id of
+    /// `$SYS.REQ.ACCOUNT.<id>.CLAIMS.UPDATE`, `None` for
+    /// `$SYS.REQ.CLAIMS.UPDATE`. Beyond nats-server, the JWT must be signed
+    /// by a trusted operator and must not be older (`iat`) than the one held,
+    /// so that a push cannot roll back a revocation. Returns the verified
+    /// account, not yet installed.
+    pub fn check_update(
+        &self,
+        token: &str,
+        subject: Option<&str>,
+        now: SystemTime,
+    ) -> Result<AccountInfo, UpdateRefusal> {
+        const FAILED: &str = "jwt update resulted in error";
+        const INVALID: &str = "jwt validation failed";
+        let refuse = |account: &str, message, error: String| UpdateRefusal {
+            account: account.to_owned(),
+            message,
+            error,
+        };
+        let claims =
+            claims::decode::<Account>(token).map_err(|e| refuse("n/a", FAILED, e.to_string()))?;
+        let strict = self
+            .operators
+            .iter()
+            .any(|o| o.key == claims.issuer && o.strict_signing_keys);
+        let strict_error = "operator requires issuer to be a signing key".to_owned();
+        if subject.is_none() && strict {
+            return Err(refuse(&claims.subject, FAILED, strict_error));
+        }
+        if !nkey::is_account_public_key(&claims.subject) {
+            let error = "validation errors: [subject is not an account public key]".to_owned();
+            return Err(refuse(&claims.subject, INVALID, error));
+        }
+        let key = subject.unwrap_or(&claims.subject);
+        if key != claims.subject {
+            let error = "subject does not match jwt content".to_owned();
+            return Err(refuse(key, FAILED, error));
+        }
+        if strict {
+            return Err(refuse(key, FAILED, strict_error));
+        }
+        let info = self
+            .verify_account(token, now, None)
+            .map_err(|e| refuse(key, INVALID, format!("validation errors: [{e}]")))?;
+        if let Some(held) = self.accounts.get(key)
+            && held.claims.issued_at > claims.issued_at
+        {
+            let error = format!(
+                "jwt is older than the one stored (iat {} < {})",
+                claims.issued_at, held.claims.issued_at
+            );
+            return Err(refuse(key, FAILED, error));
+        }
+        Ok(info)
+    }
+
+    /// Installs an account checked by [`TrustStore::check_update`].
+    pub fn install(&mut self, info: AccountInfo) -> AccountChange {
+        let change = match self.accounts.get(&info.key) {
+            None => AccountChange::Added,
+            Some(old) if old.jwt == info.jwt => return AccountChange::Unchanged,
+            Some(old) => AccountChange::Updated {
+                revoked_any: info
+                    .revocations
+                    .iter()
+                    .any(|(k, t)| old.revocations.get(k).is_none_or(|o| t > o)),
+            },
+        };
+        self.accounts.insert(info.key.clone(), Arc::new(info));
+        change
+    }
+
+    /// Checks a `$SYS.REQ.CLAIMS.DELETE` request (`handleDeleteRequest`): a
+    /// generic JWT signed by an operator key for itself, listing the
+    /// account ids to delete in `accounts`. Returns them, or nats-server's
+    /// error text. `allowed` is `allow_delete`.
+    pub fn check_delete(&self, token: &str, allowed: bool) -> Result<Vec<String>, DeleteRefusal> {
+        let refuse = |by: &str, error: &str| DeleteRefusal {
+            by: by.to_owned(),
+            error: error.to_owned(),
+        };
+        let claims = claims::decode::<claims::Generic>(token).map_err(|e| DeleteRefusal {
+            by: String::new(),
+            error: e.to_string(),
+        })?;
+        let by = claims.subject.as_str();
+        let operator_key = self.operators.iter().any(|o| {
+            (o.key == claims.issuer && !o.strict_signing_keys)
+                || o.signing_keys.contains(&claims.issuer)
+        });
+        if !allowed {
+            return Err(refuse(by, "delete must be enabled in server config"));
+        }
+        if claims.subject != claims.issuer {
+            return Err(refuse(by, "not self signed"));
+        }
+        if !operator_key {
+            return Err(refuse(by, "not trusted"));
+        }
+        let Some(serde_json::Value::Array(list)) = &claims.nats.accounts else {
+            return Err(refuse(by, "malformed request"));
+        };
+        let mut accounts = Vec::with_capacity(list.len());
+        for entry in list {
+            match entry.as_str() {
+                Some(acc) if nkey::is_account_public_key(acc) => {
+                    if self.system_account.as_deref() == Some(acc) {
+                        return Err(refuse(by, "not allowed to delete system account"));
+                    }
+                    accounts.push(acc.to_owned());
+                }
+                _ => return Err(refuse(by, "malformed request")),
+            }
+        }
+        Ok(accounts)
+    }
+
+    /// nats-server's store hash (`DirJWTStore.Hash`): the XOR of the
+    /// SHA-256 of every account JWT held. Compared by `CLAIMS.PACK`.
+    pub fn hash(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut hash = [0u8; 32];
+        for account in self.accounts.values() {
+            let one: [u8; 32] = Sha256::digest(account.jwt.as_bytes()).into();
+            for (h, o) in hash.iter_mut().zip(one) {
+                *h ^= o;
+            }
+        }
+        hash
     }
 
     // === helpers ===
