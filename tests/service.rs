@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::process::spawn_gate_binary_at;
-use support::{Frame, NatsServer, RawClient, ReadError, keys, quote_toml};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use support::{Frame, NatsServer, RawClient, ReadError, http_get, keys, quote_toml};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -129,31 +128,6 @@ impl Drop for InProcess {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
-}
-
-/// One HTTP/1.1 GET over a raw socket, bounded: (status, body).
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await?;
-        Ok::<_, std::io::Error>(response)
-    };
-    let response = tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .unwrap_or_else(|_| panic!("GET {path}: no response within 5s"))
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("GET {path}: malformed response {response:?}"));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("GET {path}: bad status line in {head:?}"));
-    (status, body.to_owned())
 }
 
 /// A scraped `/metrics` text.

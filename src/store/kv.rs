@@ -40,6 +40,10 @@ pub struct FleetStore {
     bucket: tokio::sync::RwLock<Option<kv::Store>>,
     status: Mutex<FleetStatus>,
     metrics: Metrics,
+    /// Woken when the client reconnected (to another server, maybe): the
+    /// watch is then made again at once rather than after its heartbeat
+    /// times out (the consumer may have been on the server that went).
+    pub reconnected: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for FleetStore {
@@ -81,6 +85,7 @@ impl FleetStore {
                 ..FleetStatus::default()
             }),
             metrics,
+            reconnected: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -114,14 +119,18 @@ impl FleetStore {
     /// Connects and opens the bucket (creating it when missing and
     /// `create` is set). The connection is natsgate's own, with the
     /// upstream credential; async-nats keeps it up from here on.
-    pub async fn open(&self) -> Result<kv::Store, String> {
-        self.open_bucket(self.settings.create).await
+    pub async fn open(&self) -> Result<(kv::Store, async_nats::Client), String> {
+        let client = self.connect().await?;
+        let store = self
+            .open_bucket(client.clone(), self.settings.create)
+            .await?;
+        Ok((store, client))
     }
 
     /// The bucket's newest entry per key, read without creating anything
     /// (`natsgate check`): the key and its value (`None` when deleted).
     pub async fn contents(&self) -> Result<Vec<(String, Option<Bytes>)>, String> {
-        let bucket = self.open_bucket(false).await?;
+        let bucket = self.open_bucket(self.connect().await?, false).await?;
         let mut keys: Vec<String> = Vec::new();
         let mut stream = timed(bucket.keys())
             .await?
@@ -143,8 +152,11 @@ impl FleetStore {
         Ok(out)
     }
 
-    async fn open_bucket(&self, create: bool) -> Result<kv::Store, String> {
-        let client = self.connect().await?;
+    async fn open_bucket(
+        &self,
+        client: async_nats::Client,
+        create: bool,
+    ) -> Result<kv::Store, String> {
         let js = jetstream::new(client);
         let name = self.settings.bucket.as_str();
         let store = match timed(js.get_key_value(name)).await? {
@@ -197,7 +209,16 @@ impl FleetStore {
                 })
             }
         };
+        let reconnected = self.reconnected.clone();
         options = options
+            .event_callback(move |event| {
+                let reconnected = reconnected.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Connected) {
+                        reconnected.notify_waiters();
+                    }
+                }
+            })
             .name("natsgate account store")
             .connection_timeout(self.connect_timeout)
             .request_timeout(Some(REQUEST_TIMEOUT))
