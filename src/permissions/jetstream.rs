@@ -96,6 +96,9 @@ pub enum Verdict {
 pub struct StreamQuestion {
     /// The stream's name, as in the request subject.
     pub stream: String,
+    /// Where to ask for its subjects: `STREAM.INFO.<stream>` under the
+    /// request's own API prefix (and so its JetStream domain).
+    pub info_subject: String,
     form: Form,
     response_type: String,
     /// What the request does, for the refusal text.
@@ -172,6 +175,13 @@ pub fn inspect(
     if matches!(api, Api::Other) {
         return Verdict::Allow;
     }
+    if std::str::from_utf8(subject).is_err() {
+        // Names are compared as text below; keep it exact.
+        return refuse(format!(
+            "natsgate: request subject {} is not UTF-8",
+            go_quote(subject)
+        ));
+    }
     if body.len() > MAX_BODY {
         return refuse(format!(
             "natsgate: request to {} larger than the {MAX_BODY} bytes the guard reads",
@@ -212,24 +222,30 @@ pub fn inspect(
     match judged {
         Ok(Judged::Allow) => Verdict::Allow,
         Ok(Judged::WholeStream(_)) if permissions.may_read_all(b">") => Verdict::Allow,
-        Ok(Judged::WholeStream(what)) => Verdict::NeedStream(StreamQuestion {
-            stream: api.stream().unwrap_or_default().to_string(),
-            form: api.form(),
-            response_type,
-            what,
-            subject: String::from_utf8_lossy(subject).into_owned(),
-        }),
+        Ok(Judged::WholeStream(what)) => {
+            let stream = api.stream().unwrap_or_default().to_string();
+            let prefix = &subject[..subject.len() - path.len()];
+            let info_subject = format!("{}STREAM.INFO.{stream}", String::from_utf8_lossy(prefix));
+            Verdict::NeedStream(StreamQuestion {
+                stream,
+                info_subject,
+                form: api.form(),
+                response_type,
+                what,
+                subject: String::from_utf8_lossy(subject).into_owned(),
+            })
+        }
         Err(reason) => refuse(format!("natsgate: {reason} ({})", go_quote(subject))),
     }
 }
 
 /// Finishes a [`Verdict::NeedStream`] once the stream's subjects are known:
-/// [`Verdict::Allow`] or [`Verdict::Refuse`].
+/// allowed, or the refusal.
 pub fn answer_stream(
     permissions: &Permissions,
     question: &StreamQuestion,
     subjects: &StreamSubjects,
-) -> Verdict {
+) -> Result<(), Refusal> {
     let readable = match subjects {
         StreamSubjects::Missing => true,
         StreamSubjects::Listed(list) => list.iter().all(|s| permissions.may_read_all(s.as_bytes())),
@@ -237,14 +253,14 @@ pub fn answer_stream(
         StreamSubjects::Unknown => false,
     };
     if readable {
-        return Verdict::Allow;
+        return Ok(());
     }
     let why = if matches!(subjects, StreamSubjects::Unknown) {
         "natsgate could not learn its subjects"
     } else {
         "the user may not subscribe to all of its subjects"
     };
-    Verdict::Refuse(Refusal {
+    Err(Refusal {
         form: question.form,
         response_type: question.response_type.clone(),
         description: format!(
@@ -1239,21 +1255,24 @@ mod tests {
             panic!("a get by sequence needs the stream");
         };
         assert_eq!(q.stream, "ORDERS");
+        assert_eq!(q.info_subject, "$JS.API.STREAM.INFO.ORDERS");
+        let Verdict::NeedStream(q2) = inspect(&p, b"$JS.hub.API.CONSUMER.CREATE.O", None, b"{}")
+        else {
+            panic!("no filter needs the stream");
+        };
+        assert_eq!(
+            q2.info_subject, "$JS.hub.API.STREAM.INFO.O",
+            "the same domain"
+        );
         let listed = |l: &[&str]| StreamSubjects::Listed(l.iter().map(|s| s.to_string()).collect());
-        assert_eq!(
-            answer_stream(&p, &q, &listed(&["orders.public.>"])),
-            Verdict::Allow
-        );
-        assert_eq!(
-            answer_stream(&p, &q, &StreamSubjects::Missing),
-            Verdict::Allow
-        );
+        assert_eq!(answer_stream(&p, &q, &listed(&["orders.public.>"])), Ok(()));
+        assert_eq!(answer_stream(&p, &q, &StreamSubjects::Missing), Ok(()));
         for refused in [
             listed(&["orders.public.>", "orders.secret.>"]),
             StreamSubjects::Unbounded,
             StreamSubjects::Unknown,
         ] {
-            let Verdict::Refuse(r) = answer_stream(&p, &q, &refused) else {
+            let Err(r) = answer_stream(&p, &q, &refused) else {
                 panic!("{refused:?} refused");
             };
             assert!(
