@@ -419,3 +419,90 @@ fn python_with_nats_py() -> PathBuf {
         )
     })
 }
+
+/// Raw protocol, verbose: a request held for its stream's subjects keeps
+/// the client's op order. The frames behind it (a direct get, a PING) are
+/// answered after it, each `+OK` before its answer, and the direct get's
+/// refusal is a header-only status message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_request_keeps_the_op_order() {
+    use support::{Frame, RawClient};
+
+    let store = tempfile::tempdir().unwrap();
+    let upstream = server(&store, None);
+    let users = users();
+    let gate = gate(&upstream, &users, true);
+    let admin = async_nats::ConnectOptions::with_nkey(users.admin.seed().unwrap())
+        .connect(format!("nats://{}", gate.addr()))
+        .await
+        .unwrap();
+    let ajs = async_nats::jetstream::new(admin);
+    ajs.create_stream(async_nats::jetstream::stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["orders.>".into()],
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let mut c = RawClient::connect(gate.addr()).await;
+    c.connect_nkey(
+        &users.reader,
+        serde_json::json!({"verbose": true, "headers": true, "protocol": 0}),
+    )
+    .await;
+    assert_eq!(c.read_frame().await, Frame::Ok, "the CONNECT");
+    let body = r#"{"stream_name":"ORDERS","config":{}}"#;
+    c.send(
+        format!(
+            "SUB _INBOX.r.* 1\r\nPUB $JS.API.CONSUMER.CREATE.ORDERS _INBOX.r.1 {}\r\n{body}\r\n\
+             PUB $JS.API.DIRECT.GET.ORDERS.orders.secret.1 _INBOX.r.2 0\r\n\r\nPING\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let frames = c.collect_until_pong().await.expect("answered in time");
+    assert_eq!(frames.len(), 5, "{frames:?}");
+    assert_eq!(frames[0], Frame::Ok, "the SUB");
+    assert_eq!(frames[1], Frame::Ok, "the held PUB");
+    let Frame::Msg {
+        subject, payload, ..
+    } = &frames[2]
+    else {
+        panic!("the consumer create's refusal: {frames:?}");
+    };
+    assert_eq!(subject, "_INBOX.r.1");
+    let answer: serde_json::Value = serde_json::from_slice(payload).unwrap();
+    assert_eq!(
+        answer["type"],
+        "io.nats.jetstream.api.v1.consumer_create_response"
+    );
+    assert_eq!(answer["error"]["code"], 403);
+    let description = answer["error"]["description"].as_str().unwrap();
+    assert!(
+        description.starts_with("natsgate: ")
+            && description.contains("may not subscribe to all of its subjects"),
+        "learnt, not timed out: {description}"
+    );
+    assert_eq!(frames[3], Frame::Ok, "the direct get");
+    let Frame::Hmsg {
+        subject,
+        headers,
+        payload,
+        ..
+    } = &frames[4]
+    else {
+        panic!("the direct get's refusal: {frames:?}");
+    };
+    assert_eq!(subject, "_INBOX.r.2");
+    assert!(payload.is_empty());
+    let headers = String::from_utf8_lossy(headers);
+    assert!(
+        headers.starts_with("NATS/1.0 403 natsgate: ") && headers.contains("orders.secret.1"),
+        "{headers}"
+    );
+    c.expect_nothing_for(Duration::from_millis(300)).await;
+    gate.assert_running();
+}
