@@ -116,7 +116,7 @@ impl Metrics {
             Opts::new(
                 "natsgate_permission_violations_total",
                 "PUB/HPUB and SUB frames denied by the user's permissions, by kind \
-                 (publish|subscribe) and account name (at most 1000 distinct accounts, \
+                 (publish|subscribe|jetstream) and account name (at most 1000 distinct accounts, \
                  the rest as \"other\").",
             ),
             &["kind", "account"],
@@ -270,6 +270,12 @@ impl Metrics {
     /// [`Metrics::publish_denied`].
     pub fn subscribe_denied(&self, account: &str) {
         self.permission_violation("subscribe", account);
+    }
+
+    /// A JetStream API request was refused by the JetStream guard.
+    /// `account` is handled as in [`Metrics::publish_denied`].
+    pub fn jetstream_denied(&self, account: &str) {
+        self.permission_violation("jetstream", account);
     }
 
     /// Connecting or logging in to an upstream server failed.
@@ -703,12 +709,14 @@ mod tests {
         m.publish_denied("APP");
         m.subscribe_denied("APP");
         m.subscribe_denied("");
+        m.jetstream_denied("APP");
         let name = "natsgate_permission_violations_total";
         let at = |kind, account| value(&m, name, &[("kind", kind), ("account", account)]);
         assert_eq!(at("publish", "APP"), Some(2.0));
         assert_eq!(at("subscribe", "APP"), Some(1.0));
         assert_eq!(at("subscribe", NO_ACCOUNT_LABEL), Some(1.0));
         assert_eq!(at("publish", NO_ACCOUNT_LABEL), None);
+        assert_eq!(at("jetstream", "APP"), Some(1.0));
     }
 
     #[test]

@@ -201,6 +201,7 @@ fn restart_needed(old: &Settings, new: &Settings) -> Vec<&'static str> {
         ("jwt", old.jwt != new.jwt),
         ("metrics", old.metrics != new.metrics),
         ("log", old.log != new.log),
+        ("jetstream", old.jetstream != new.jetstream),
     ]
     .into_iter()
     .filter_map(|(section, changed)| changed.then_some(section))

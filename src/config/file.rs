@@ -22,6 +22,8 @@ pub(super) struct FileConfig {
     pub metrics: Option<MetricsFile>,
     #[serde(default)]
     pub log: LogFile,
+    #[serde(default)]
+    pub jetstream: JetStreamFile,
 }
 
 /// `[listen]`
@@ -204,6 +206,14 @@ pub(super) enum AllowResponsesFile {
 struct AllowResponsesTable {
     max: Option<i64>,
     expires: Option<String>,
+}
+
+/// `[jetstream]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct JetStreamFile {
+    #[serde(default)]
+    pub guard: bool,
 }
 
 /// `[metrics]`

@@ -40,6 +40,8 @@ pub struct Settings {
     pub users: Vec<StaticUser>,
     pub metrics: Option<MetricsSettings>,
     pub log: LogSettings,
+    /// `[jetstream]`: the JetStream guard (issue 14).
+    pub jetstream: JetStreamSettings,
     /// The directory of the config file (absolute when loaded from a file);
     /// relative paths in the file were resolved against it.
     pub base_dir: PathBuf,
@@ -177,6 +179,14 @@ pub struct StaticUser {
 pub struct MetricsSettings {
     /// A socket address or `host:port`.
     pub addr: String,
+}
+
+/// `[jetstream]`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JetStreamSettings {
+    /// Whether JetStream API requests are checked against the user's
+    /// permissions (`permissions::jetstream`). Default false.
+    pub guard: bool,
 }
 
 /// `[log]`

@@ -128,6 +128,10 @@ fn minimal_fixture_takes_the_defaults() {
     assert_eq!(settings.users[0].permissions, PermissionSpec::default());
     assert_eq!(settings.log.level, "info");
     assert_eq!(settings.log.format, LogFormat::Text);
+    assert!(
+        !settings.jetstream.guard,
+        "the JetStream guard is off by default"
+    );
     assert_eq!(settings.base_dir, fixtures().join("valid"));
 }
 
@@ -217,6 +221,7 @@ fn full_fixture_sets_everything() {
     assert_eq!(settings.metrics.as_ref().unwrap().addr, "127.0.0.1:7777");
     assert_eq!(settings.log.level, "debug");
     assert_eq!(settings.log.format, LogFormat::Json);
+    assert!(settings.jetstream.guard);
 }
 
 #[test]

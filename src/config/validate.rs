@@ -60,6 +60,9 @@ impl Context<'_> {
                 })
                 .transpose()?,
             log: self.log(&model.log)?,
+            jetstream: JetStreamSettings {
+                guard: model.jetstream.guard,
+            },
             base_dir: self.base_dir.to_path_buf(),
             source: None,
         })

@@ -127,6 +127,33 @@ impl Matcher {
         });
         matched
     }
+
+    /// Whether every literal subject that the subscription-style `pattern`
+    /// matches (`*` one token, `>` one or more) is matched by an entry
+    /// without a queue. Exact set inclusion, unlike [`Matcher::matches`]
+    /// (which reads the checked subject's tokens literally, spec 4.2): a
+    /// union counts, so `a.*` and `a.*.>` together cover `a.>`. False for
+    /// an invalid `pattern`.
+    ///
+    /// Cost: each trie node is visited at most once per pattern token.
+    pub fn covers(&self, pattern: &[u8]) -> bool {
+        if !subject::is_valid_subject(pattern) {
+            return false;
+        }
+        let tokens: Vec<&[u8]> = subject::tokens(pattern).collect();
+        covers_at(&[&self.root], &tokens)
+    }
+
+    /// Whether some literal subject matches both `pattern` and an entry
+    /// without a queue (true overlap, as for [`Matcher::covers`]). True for
+    /// an invalid `pattern`, so that a caller asking "no overlap?" refuses.
+    pub fn overlaps(&self, pattern: &[u8]) -> bool {
+        if !subject::is_valid_subject(pattern) {
+            return true;
+        }
+        let tokens: Vec<&[u8]> = subject::tokens(pattern).collect();
+        overlaps_at(&self.root, &tokens)
+    }
 }
 
 /// nats-server `queueMatches` for one entry: the names are equal, or the
@@ -206,6 +233,81 @@ struct Node {
     plain: bool,
     /// Queues of the entries with a queue that end here.
     queues: Vec<Box<[u8]>>,
+}
+
+/// [`Matcher::covers`] at one depth: `levels` are the trie levels the
+/// pattern's tokens so far led to (each a distinct node, so the set never
+/// grows beyond the trie), `pattern` the tokens left (at least one).
+fn covers_at(levels: &[&Level], pattern: &[&[u8]]) -> bool {
+    let Some((&token, rest)) = pattern.split_first() else {
+        return false;
+    };
+    // A `>` entry here takes whatever one or more tokens are left.
+    if levels
+        .iter()
+        .any(|l| l.full.as_ref().is_some_and(|n| n.plain))
+    {
+        return true;
+    }
+    // A token the entries do not name (there are always such tokens) is
+    // matched only by `*` entries: so a pattern `*` or `>` needs them.
+    let partials = levels.iter().filter_map(|l| l.partial.as_deref());
+    if token == b">" {
+        // One token (a `*` entry ending here) and more (`*` entries going
+        // on, covering `>` below).
+        let partials: Vec<&Node> = partials.collect();
+        if !partials.iter().any(|n| n.plain) {
+            return false;
+        }
+        let next: Vec<&Level> = partials.iter().filter_map(|n| n.next.as_deref()).collect();
+        return covers_at(&next, pattern);
+    }
+    let mut nodes: Vec<&Node> = partials.collect();
+    if token != b"*" {
+        nodes.extend(levels.iter().filter_map(|l| l.literals.get(token)));
+    }
+    if rest.is_empty() {
+        return nodes.iter().any(|n| n.plain);
+    }
+    let next: Vec<&Level> = nodes.iter().filter_map(|n| n.next.as_deref()).collect();
+    !next.is_empty() && covers_at(&next, rest)
+}
+
+/// [`Matcher::overlaps`] below `level`; `pattern` has at least one token.
+fn overlaps_at(level: &Level, pattern: &[&[u8]]) -> bool {
+    let Some((&token, rest)) = pattern.split_first() else {
+        return false;
+    };
+    if level.full.as_ref().is_some_and(|n| n.plain) {
+        return true;
+    }
+    if token == b">" {
+        return has_plain_entry(level);
+    }
+    let literals: Box<dyn Iterator<Item = &Node>> = if token == b"*" {
+        Box::new(level.literals.values())
+    } else {
+        Box::new(level.literals.get(token).into_iter())
+    };
+    literals
+        .chain(level.partial.as_deref())
+        .any(|node| match rest {
+            [] => node.plain,
+            _ => node
+                .next
+                .as_deref()
+                .is_some_and(|next| overlaps_at(next, rest)),
+        })
+}
+
+/// Whether any entry without a queue lies at or below `level`.
+fn has_plain_entry(level: &Level) -> bool {
+    level
+        .literals
+        .values()
+        .chain(level.partial.as_deref())
+        .chain(level.full.as_deref())
+        .any(|node| node.plain || node.next.as_deref().is_some_and(has_plain_entry))
 }
 
 /// The sublist refuses to match subjects with an empty token (including the
@@ -467,6 +569,87 @@ mod tests {
         proptest::collection::vec(token(), 1..5).prop_map(|t| t.join("."))
     }
 
+    #[test]
+    fn covers_is_set_inclusion_and_overlaps_is_intersection() {
+        // (entries, pattern, covered, overlapping)
+        let rows: &[(&[&str], &str, bool, bool)] = &[
+            (&["a.>"], "a.b", true, true),
+            (&["a.>"], "a.>", true, true),
+            (&["a.>"], "a", false, false),
+            (&["a.>"], ">", false, true),
+            (&["a.*"], "a.>", false, true),
+            (&["a.*", "a.*.>"], "a.>", true, true),
+            (&["a.*", "a.b.>"], "a.>", false, true),
+            (&["a.b"], "a.*", false, true),
+            (&["a.b", "a.*"], "a.*", true, true),
+            (&["*.b"], "a.b", true, true),
+            (&["*.b"], "a.c", false, false),
+            (&["$KV.cfg.public.>"], "$KV.cfg.public.x", true, true),
+            (&["$KV.cfg.public.>"], "$KV.cfg.>", false, true),
+            (&["$KV.cfg.public.>"], "$KV.cfg.secret.x", false, false),
+            (&["$KV.cfg.public.>"], "$KV.cfg.*.x", false, true),
+            (&[">"], "anything.at.all", true, true),
+            (&[], "a", false, false),
+            // Queue entries do not count (a plain SUB needs a plain entry).
+            (&["a.> q"], "a.b", false, false),
+            // The checked pattern's `*` is a wildcard here (spec 4.2 reads
+            // it literally; a consumer filter means it).
+            (&["foo.*"], "foo.>", false, true),
+        ];
+        for (entries, pattern, covered, overlapping) in rows {
+            let m = matcher(entries);
+            assert_eq!(
+                m.covers(pattern.as_bytes()),
+                *covered,
+                "{entries:?} covers {pattern}"
+            );
+            assert_eq!(
+                m.overlaps(pattern.as_bytes()),
+                *overlapping,
+                "{entries:?} overlaps {pattern}"
+            );
+        }
+        let m = matcher(&["a.>"]);
+        assert!(!m.covers(b"a..b"), "an invalid pattern is never covered");
+        assert!(m.overlaps(b"a..b"), "and always overlaps");
+    }
+
+    /// Every literal subject over `a`, `b` and `z` (a token no entry names,
+    /// standing for all such tokens) of 1 to 6 tokens.
+    fn literal_subjects() -> Vec<String> {
+        let mut all = Vec::new();
+        let mut level = vec![String::new()];
+        for _ in 0..6 {
+            let mut next = Vec::new();
+            for prefix in &level {
+                for t in ["a", "b", "z"] {
+                    let s = if prefix.is_empty() {
+                        t.to_string()
+                    } else {
+                        format!("{prefix}.{t}")
+                    };
+                    all.push(s.clone());
+                    next.push(s);
+                }
+            }
+            level = next;
+        }
+        all
+    }
+
+    fn set_token() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("*".to_string()),
+            Just(">".to_string()),
+        ]
+    }
+
+    fn set_pattern() -> impl Strategy<Value = String> {
+        proptest::collection::vec(set_token(), 1..5).prop_map(|t| t.join("."))
+    }
+
     proptest! {
         #[test]
         fn matcher_agrees_with_reference(
@@ -483,6 +666,33 @@ mod tests {
             let expected = valid.iter().any(|p| reference_match(p, &subject));
             prop_assert_eq!(m.matches(subject.as_bytes()), expected);
             prop_assert_eq!(m.match_with_queue(subject.as_bytes(), None).plain, expected);
+        }
+
+        #[test]
+        fn covers_and_overlaps_agree_with_enumeration(
+            entries in proptest::collection::vec(set_pattern(), 0..5),
+            pattern in set_pattern(),
+        ) {
+            let mut m = Matcher::new();
+            let mut valid = Vec::new();
+            for e in &entries {
+                if m.insert(e.as_bytes(), None) {
+                    valid.push(e.clone());
+                }
+            }
+            prop_assume!(subject::is_valid_subject(pattern.as_bytes()));
+            let mut covered = true;
+            let mut overlapping = false;
+            for s in literal_subjects() {
+                if !reference_match(&pattern, &s) {
+                    continue;
+                }
+                let allowed = valid.iter().any(|e| reference_match(e, &s));
+                covered &= allowed;
+                overlapping |= allowed;
+            }
+            prop_assert_eq!(m.covers(pattern.as_bytes()), covered);
+            prop_assert_eq!(m.overlaps(pattern.as_bytes()), overlapping);
         }
     }
 }

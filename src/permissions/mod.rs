@@ -33,6 +33,7 @@
 //! Only static (allow/deny) results are cached; response-table results never
 //! are.
 
+pub mod jetstream;
 mod matcher;
 mod responses;
 mod spec;
@@ -211,6 +212,40 @@ impl Permissions {
     pub fn subscribe_allowed(&self, subject: &[u8], queue: Option<&[u8]>) -> bool {
         let queue = queue.filter(|q| !q.is_empty());
         self.can_subscribe(subject, queue) && queue != Some(SYSTEM_QUEUE)
+    }
+
+    /// Whether the user may receive every message on every subject that
+    /// `pattern` (a consumer filter, a stream subject) matches: the
+    /// subscribe allow list (if any) covers it as a set, and no subscribe
+    /// deny entry overlaps it. Entries with a queue group count for neither
+    /// (a plain subscription ignores them). Stricter than
+    /// [`Permissions::subscribe_allowed`], which follows nats-server's
+    /// token-wise rule (allow `foo.*` admits `SUB foo.>`). False for an
+    /// invalid `pattern`.
+    pub fn may_read_all(&self, pattern: &[u8]) -> bool {
+        subject::is_valid_subject(pattern)
+            && self
+                .subscribe_allow
+                .as_ref()
+                .is_none_or(|allow| allow.covers(pattern))
+            && !self
+                .subscribe_deny
+                .as_ref()
+                .is_some_and(|deny| deny.overlaps(pattern))
+    }
+
+    /// Whether the user may publish on every subject `pattern` matches (the
+    /// publish lists only, as sets; tracked replies do not count).
+    pub fn may_publish_all(&self, pattern: &[u8]) -> bool {
+        subject::is_valid_subject(pattern)
+            && self
+                .publish_allow
+                .as_ref()
+                .is_none_or(|allow| allow.covers(pattern))
+            && !self
+                .publish_deny
+                .as_ref()
+                .is_some_and(|deny| deny.overlaps(pattern))
     }
 
     /// Whether there is a publish allow or deny list.

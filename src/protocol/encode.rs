@@ -96,6 +96,22 @@ pub fn msg(subject: &[u8], sid: &[u8], reply: Option<&[u8]>, payload: &[u8]) -> 
     Bytes::from(out)
 }
 
+/// `HMSG <subject> <sid> <header size> <total size>\r\n<header><payload>\r\n`
+/// (no reply subject).
+pub fn hmsg(subject: &[u8], sid: &[u8], header: &[u8], payload: &[u8]) -> Bytes {
+    let total = header.len() + payload.len();
+    let mut out = Vec::with_capacity(subject.len() + sid.len() + total + 32);
+    out.extend_from_slice(b"HMSG ");
+    out.extend_from_slice(subject);
+    out.push(b' ');
+    out.extend_from_slice(sid);
+    out.extend_from_slice(format!(" {} {total}\r\n", header.len()).as_bytes());
+    out.extend_from_slice(header);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
+}
+
 /// `UNSUB <sid>\r\n`.
 pub fn unsub(sid: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(sid.len() + 8);

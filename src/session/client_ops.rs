@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tracing::debug;
 
 use super::Close;
+use super::jetstream::Guarded;
 use super::order::{Order, Ping};
 use super::pieces::{Pieces, Scanned, scan};
 use super::relay::Relay;
@@ -21,6 +22,15 @@ use crate::protocol::encode;
 use crate::protocol::subject::{is_valid_literal_subject, is_valid_subject};
 use crate::resolver::Request;
 use crate::transport::OutQueue;
+
+/// Why the scan of the client's input stopped early.
+enum Stop {
+    /// The connection ends.
+    Close(Close),
+    /// A JetStream request waits for its stream's subjects (see
+    /// [`super::jetstream`]); the rest of the input waits with it.
+    Hold,
+}
 
 /// The subject natsgate answers itself (spec 9.4).
 const USER_INFO: &[u8] = b"$SYS.REQ.USER.INFO";
@@ -41,7 +51,10 @@ impl Relay {
         );
         let (needed, result) = match stop {
             Scanned::Incomplete(needed) => (needed, Ok(())),
-            Scanned::Stopped(close) => (None, Err(close)),
+            Scanned::Stopped(Stop::Close(close)) => (None, Err(close)),
+            // A JetStream request waits for its stream's subjects; the
+            // frames after it stay in the input until it is settled.
+            Scanned::Stopped(Stop::Hold) => (None, Ok(())),
             Scanned::Error(e) => {
                 debug!(error = e.reason(), "client protocol error");
                 let error = e.error_text().map(Bytes::from_static);
@@ -62,6 +75,7 @@ impl Relay {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn client_op(
         &mut self,
         op: ClientOp<'_>,
@@ -70,7 +84,18 @@ impl Relay {
         end: usize,
         pieces: &mut Pieces,
         now: std::time::Instant,
-    ) -> ControlFlow<Close> {
+    ) -> ControlFlow<Stop> {
+        // The message body without headers (what the JetStream API reads).
+        let body_len = match &op {
+            ClientOp::Pub { payload_len, .. } => *payload_len,
+            ClientOp::Hpub {
+                header_len,
+                total_len,
+                ..
+            } => total_len.saturating_sub(*header_len),
+            _ => 0,
+        };
+        let guarded = self.js.is_some();
         let out = &mut self.client.out;
         let order = &mut self.order;
         let user = &mut self.user;
@@ -93,10 +118,6 @@ impl Relay {
                 total_len: payload_len,
                 ..
             } => {
-                let header_len = match op {
-                    ClientOp::Hpub { header_len, .. } => header_len,
-                    _ => 0,
-                };
                 if user.opts.pedantic && !is_valid_literal_subject(subject) {
                     let err = Bytes::from_static(encode::ERR_INVALID_PUBLISH_SUBJECT);
                     order.frame(err, out);
@@ -109,23 +130,45 @@ impl Relay {
                         self.answer_user_info(reply.unwrap_or_default(), pieces, now);
                     }
                     PublishDecision::Allow
-                        if user.identity.system_account && self.gate.serves_resolver() =>
+                        if user.identity.system_account
+                            && self.gate.serves_resolver()
+                            && Request::parse(subject).is_some() =>
                     {
-                        match Request::parse(subject) {
-                            Some(request) => {
-                                ok(order, out);
-                                // The body, without the CRLF and the headers.
-                                let body = &frame[frame.len() - 2 - payload_len..frame.len() - 2];
-                                let body =
-                                    Bytes::copy_from_slice(&body[header_len.min(body.len())..]);
-                                let reply = reply.map(Bytes::copy_from_slice);
-                                self.ask_resolver(request, body, reply);
-                            }
-                            None => {
+                        ok(order, out);
+                        let body = frame
+                            .len()
+                            .checked_sub(2 + body_len)
+                            .and_then(|from| frame.get(from..frame.len() - 2))
+                            .unwrap_or_default();
+                        if let Some(request) = Request::parse(subject) {
+                            let reply = reply.map(Bytes::copy_from_slice);
+                            self.ask_resolver(request, Bytes::copy_from_slice(body), reply);
+                        }
+                    }
+                    PublishDecision::Allow if guarded && subject.starts_with(b"$JS.") => {
+                        let body = frame
+                            .len()
+                            .checked_sub(2 + body_len)
+                            .and_then(|from| frame.get(from..frame.len() - 2))
+                            .unwrap_or_default();
+                        match self.guard_request(
+                            subject,
+                            reply,
+                            frame,
+                            body,
+                            payload_len,
+                            pieces,
+                            now,
+                        ) {
+                            Guarded::Pass => {
                                 pieces.pass(start, end);
                                 pieces.count(payload_len);
-                                ok(order, out);
+                                ok(&mut self.order, &mut self.client.out);
                             }
+                            // nats-server accepted the PUB: its +OK comes
+                            // before the API's answer.
+                            Guarded::Answered => {}
+                            Guarded::Held => return ControlFlow::Break(Stop::Hold),
                         }
                     }
                     PublishDecision::Allow => {
@@ -203,13 +246,17 @@ impl Relay {
             ClientOp::Ok => {}
             // nats-server closes without a word on a client's -ERR and on
             // an INFO that is not JSON.
-            ClientOp::Err => return ControlFlow::Break(Close::Gate { error: None }),
+            ClientOp::Err => return ControlFlow::Break(Stop::Close(Close::Gate { error: None })),
             ClientOp::Info(json) => {
                 if serde_json::from_slice::<serde_json::Value>(json).is_err() {
-                    return ControlFlow::Break(Close::Gate { error: None });
+                    return ControlFlow::Break(Stop::Close(Close::Gate { error: None }));
                 }
             }
-            ClientOp::Connect(json) => return self.reconnect(json, pieces),
+            ClientOp::Connect(json) => {
+                if let ControlFlow::Break(close) = self.reconnect(json, pieces) {
+                    return ControlFlow::Break(Stop::Close(close));
+                }
+            }
         }
         ControlFlow::Continue(())
     }

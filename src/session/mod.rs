@@ -14,6 +14,8 @@
 
 mod client_ops;
 mod conn;
+mod guard_ops;
+mod jetstream;
 mod order;
 mod own_answers;
 mod pieces;

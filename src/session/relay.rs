@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::conn::{Conn, HIGH_WATER, Read};
+use super::jetstream::JsGuard;
 use super::order::{Order, Ping};
 use super::own_answers::{OwnAnswer, OwnAnswers};
 use super::subs::Subscriptions;
@@ -104,6 +105,8 @@ pub struct Relay {
     pub(super) pubs_accepted: u64,
     /// Account resolver requests answered by natsgate, in flight.
     pub(super) own: OwnAnswers,
+    /// The JetStream guard's state; `None` unless `[jetstream] guard`.
+    pub(super) js: Option<Box<JsGuard>>,
     /// Changes after every account update and config reload (taken by the
     /// relay loop).
     accounts: Option<watch::Receiver<u64>>,
@@ -161,6 +164,7 @@ impl Relay {
             client_id,
             limits,
         };
+        let guard = gate.settings.jetstream.guard;
         let mut relay = Relay {
             accounts: Some(gate.watch_accounts()),
             gate,
@@ -176,12 +180,16 @@ impl Relay {
             },
             pubs_accepted: 0,
             own: OwnAnswers::default(),
+            js: None,
             closing_at: None,
             grace_end: None,
             timer: Box::pin(sleep_until(next_ping)),
             timer_at: next_ping,
             _slot: slot,
         };
+        if guard {
+            relay.js = Some(Box::default());
+        }
         if relay.user.opts.verbose {
             relay.client.out.push_static(encode::OK);
         }
@@ -223,7 +231,11 @@ impl Relay {
                 return Close::UpstreamGone;
             }
             let to_client = self.client.out.len() + self.order.held_bytes();
-            let read_client = self.upstream.out.len() < HIGH_WATER && to_client < HIGH_WATER;
+            // A JetStream request waiting for its stream's subjects holds
+            // the client's later frames behind it.
+            let holding = self.js.as_ref().is_some_and(|js| js.holding());
+            let read_client =
+                !holding && self.upstream.out.len() < HIGH_WATER && to_client < HIGH_WATER;
             let read_upstream = self.client.out.len() < HIGH_WATER;
             // One timer for every deadline, moved only when the earliest
             // one changes (not re-armed per event). A deadline already due
@@ -231,7 +243,7 @@ impl Relay {
             // timers late, and a close or an expiry must not wait for that.
             let deadline = self.next_deadline();
             if deadline <= now {
-                if let Err(why) = self.on_timer() {
+                if let Err(why) = self.on_timer().and_then(|()| self.resume_client()) {
                     return why;
                 }
                 continue;
@@ -282,7 +294,7 @@ impl Relay {
                     Ok(())
                 }
             };
-            if let Err(why) = result {
+            if let Err(why) = result.and_then(|()| self.resume_client()) {
                 return why;
             }
         }
@@ -296,6 +308,7 @@ impl Relay {
             self.user.account_expiry,
             self.client.stalled_at(WRITE_DEADLINE),
             self.upstream.stalled_at(WRITE_DEADLINE),
+            self.js.as_ref().and_then(|js| js.deadline()),
         ]
         .into_iter()
         .flatten()
@@ -333,12 +346,25 @@ impl Relay {
             );
             return Err(Close::UpstreamSlow);
         }
+        if passed(self.js.as_ref().and_then(|js| js.deadline())) {
+            self.lookup_timed_out();
+            return Ok(());
+        }
         if self.keepalive.next <= now {
             return self.ping_client();
         }
         // Nothing was due (the timer fired early): re-arm it next round, as
         // an elapsed Sleep stays ready.
         self.timer_at = now;
+        Ok(())
+    }
+
+    /// After a held JetStream request was settled: the client's frames
+    /// that arrived behind it.
+    fn resume_client(&mut self) -> Result<(), Close> {
+        if self.js.as_mut().is_some_and(|js| js.take_resume()) {
+            return self.process_client();
+        }
         Ok(())
     }
 

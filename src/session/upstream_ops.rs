@@ -68,6 +68,28 @@ impl Relay {
         pieces: &mut Pieces,
         now: std::time::Instant,
     ) {
+        if let ServerOp::Msg { subject, sid, .. } | ServerOp::Hmsg { subject, sid, .. } = &op
+            && self.js.as_ref().is_some_and(|js| js.owns(subject, sid))
+        {
+            // natsgate's own stream-info lookup (or a client's wildcard
+            // copy of it, which nats-server would not have sent).
+            let body_len = match &op {
+                ServerOp::Msg { payload_len, .. } => *payload_len,
+                ServerOp::Hmsg {
+                    header_len,
+                    total_len,
+                    ..
+                } => total_len.saturating_sub(*header_len),
+                _ => 0,
+            };
+            let body = frame
+                .len()
+                .checked_sub(2 + body_len)
+                .and_then(|from| frame.get(from..frame.len() - 2))
+                .unwrap_or_default();
+            self.lookup_answered(subject, body, pieces);
+            return;
+        }
         match op {
             ServerOp::Msg {
                 subject,
