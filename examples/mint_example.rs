@@ -10,7 +10,10 @@
 //! - `operator.jwt`: the trusted operator (`[jwt] operators`),
 //! - `accounts/<ACCOUNT PUBLIC KEY>.jwt`: the account `APP`
 //!   (`[jwt] accounts_dir`, nats-server's resolver layout),
-//! - `creds/joe.creds` and `creds/sam.creds`: user credentials for clients.
+//! - `accounts/<SYS PUBLIC KEY>.jwt`: the operator's system account `SYS`,
+//! - `creds/joe.creds` and `creds/sam.creds`: user credentials for clients,
+//! - `creds/pusher.creds`: a user of `SYS` that may push account JWTs
+//!   (`$SYS.REQ.CLAIMS.>`), as `nsc push` does.
 //!
 //! The keys are fresh random keys on every run, and the operator and account
 //! seeds are thrown away (so nobody can mint more users for this example
@@ -35,13 +38,22 @@ fn main() -> Result<(), Box<dyn Error>> {
         std::process::exit(2);
     };
 
-    // Operator: trusted by natsgate; signs the account directly.
+    // Operator: trusted by natsgate; signs the accounts directly. Its
+    // system account SYS is the one whose users may push account JWTs.
     let operator = KeyPair::new_operator();
-    let operator_claims = OperatorClaims {
+    let system = KeyPair::new_account();
+    let mut operator_claims = OperatorClaims {
         subject: operator.public_key(),
         name: "EXAMPLE-ONLY-operator".into(),
         ..Default::default()
     };
+    operator_claims.nats.system_account = system.public_key();
+    let mut system_claims = AccountClaims {
+        subject: system.public_key(),
+        name: "SYS".into(),
+        ..Default::default()
+    };
+    system_claims.nats.limits = OperatorLimits::unlimited();
 
     // Account APP: no limits (nsc's defaults for a new account).
     let account = KeyPair::new_account();
@@ -83,6 +95,25 @@ fn main() -> Result<(), Box<dyn Error>> {
         None,
     )?;
 
+    // pusher: a SYS user for the account resolver requests (nsc makes a
+    // short-lived one like it for `nsc push`).
+    let pusher = user(
+        &system,
+        "pusher",
+        Permission {
+            allow: vec![
+                "$SYS.REQ.CLAIMS.>".into(),
+                "$SYS.REQ.ACCOUNT.*.CLAIMS.>".into(),
+            ],
+            deny: Vec::new(),
+        },
+        Permission {
+            allow: vec!["_INBOX.>".into()],
+            deny: Vec::new(),
+        },
+        None,
+    )?;
+
     let accounts_dir = out.join("accounts");
     let creds_dir = out.join("creds");
     fs::create_dir_all(&accounts_dir)?;
@@ -97,11 +128,17 @@ fn main() -> Result<(), Box<dyn Error>> {
         &accounts_dir.join(format!("{}.jwt", account.public_key())),
         &encode(&account_claims, &operator)?,
     )?;
+    write(
+        &accounts_dir.join(format!("{}.jwt", system.public_key())),
+        &encode(&system_claims, &operator)?,
+    )?;
     write(&creds_dir.join("joe.creds"), &joe)?;
     write(&creds_dir.join("sam.creds"), &sam)?;
+    write(&creds_dir.join("pusher.creds"), &pusher)?;
 
     println!("operator EXAMPLE-ONLY-operator {}", operator.public_key());
     println!("account  APP                   {}", account.public_key());
+    println!("account  SYS                   {}", system.public_key());
     Ok(())
 }
 
