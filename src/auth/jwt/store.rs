@@ -107,18 +107,7 @@ impl TrustStore {
         let info = self
             .verify_account(token.trim(), now, None)
             .map_err(|p| invalid(None, p))?;
-        let change = match self.accounts.get(&info.key) {
-            None => AccountChange::Added,
-            Some(old) if old.jwt == info.jwt => return Ok(AccountChange::Unchanged),
-            Some(old) => AccountChange::Updated {
-                revoked_any: info
-                    .revocations
-                    .iter()
-                    .any(|(k, t)| old.revocations.get(k).is_none_or(|o| t > o)),
-            },
-        };
-        self.accounts.insert(info.key.clone(), Arc::new(info));
-        Ok(change)
+        Ok(self.install(info))
     }
 
     /// Remove an account (its file was deleted). Returns whether it existed.
