@@ -170,6 +170,19 @@ impl Gate {
         self.auth.load_full()
     }
 
+    /// `GET /explain`: the decision for a user of the current config and
+    /// JWTs, as JSON, or why the input is bad.
+    pub fn explain(
+        &self,
+        who: crate::auth::explain::Who<'_>,
+        query: crate::auth::explain::Query<'_>,
+    ) -> Result<serde_json::Value, String> {
+        self.authenticator()
+            .explain(who, query, SystemTime::now())
+            .map(|report| report.json())
+            .map_err(|e| e.to_string())
+    }
+
     /// Authenticates a CONNECT with the current users and JWTs.
     pub fn authenticate(
         &self,

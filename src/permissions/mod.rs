@@ -33,6 +33,7 @@
 //! Only static (allow/deny) results are cached; response-table results never
 //! are.
 
+pub mod explain;
 pub mod jetstream;
 mod matcher;
 mod responses;
