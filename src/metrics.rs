@@ -275,6 +275,13 @@ impl Metrics {
         self.permission_violation("subscribe", account);
     }
 
+    /// A report-only user's PUB or SUB that its permissions refuse was
+    /// forwarded (`kind="would_deny"`). `account` is handled as in
+    /// [`Metrics::publish_denied`].
+    pub fn would_deny(&self, account: &str) {
+        self.permission_violation("would_deny", account);
+    }
+
     /// A JetStream API request was refused by the JetStream guard.
     /// `account` is handled as in [`Metrics::publish_denied`].
     pub fn jetstream_denied(&self, account: &str) {

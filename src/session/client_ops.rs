@@ -6,7 +6,7 @@
 use std::ops::ControlFlow;
 
 use bytes::Bytes;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::Close;
 use super::jetstream::Guarded;
@@ -15,8 +15,10 @@ use super::pieces::{Pieces, Scanned, scan};
 use super::relay::Relay;
 use super::subs::Delivery;
 use super::{post_auth_check, until};
+use crate::gate::Gate;
 use crate::metrics::Direction;
-use crate::permissions::{Authorizer, PublishDecision};
+use crate::permissions::explain::{self, explain};
+use crate::permissions::{Authorizer, PublishDecision, reserved_publish, reserved_subscribe};
 use crate::protocol::client::{self, ClientOp};
 use crate::protocol::encode;
 use crate::protocol::subject::{is_valid_literal_subject, is_valid_subject};
@@ -30,6 +32,37 @@ enum Stop {
     /// A JetStream request waits for its stream's subjects (see
     /// [`super::jetstream`]); the rest of the input waits with it.
     Hold,
+}
+
+/// A report-only user sent a frame its permissions refuse; it goes on. One
+/// info line (with the rule that would have refused it, see
+/// `permissions::explain`) and one count of
+/// `natsgate_permission_violations_total{kind="would_deny"}`.
+fn would_deny(gate: &Gate, user: &super::relay::User, request: explain::Request<'_>) {
+    gate.metrics.would_deny(&user.identity.account_name);
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
+    let identity = &user.identity;
+    let rule = explain(&identity.spec, identity.system_account, request).rule;
+    let (op, subject, queue, reply) = match request {
+        explain::Request::Publish { subject, reply } => ("publish", subject, None, reply),
+        explain::Request::Subscribe { subject, queue } => ("subscribe", subject, queue, None),
+    };
+    let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
+    info!(
+        user = %identity.user,
+        name = %identity.name,
+        account = %identity.account_name,
+        client = %user.peer,
+        op,
+        subject = %String::from_utf8_lossy(subject),
+        queue = text(queue),
+        reply = text(reply),
+        rule = %rule,
+        rule_kind = rule.kind(),
+        "would deny (report-only): forwarded"
+    );
 }
 
 /// The subject natsgate answers itself (spec 9.4).
@@ -122,7 +155,17 @@ impl Relay {
                     let err = Bytes::from_static(encode::ERR_INVALID_PUBLISH_SUBJECT);
                     order.frame(err, out);
                 }
-                match user.authz.check_publish(subject, reply, now) {
+                let mut decision = user.authz.check_publish(subject, reply, now);
+                if decision != PublishDecision::Allow
+                    && user.authz.report_only()
+                    && reserved_publish(subject, reply, user.identity.system_account)
+                        == PublishDecision::Allow
+                {
+                    let request = explain::Request::Publish { subject, reply };
+                    would_deny(&self.gate, user, request);
+                    decision = PublishDecision::Allow;
+                }
+                match decision {
                     PublishDecision::Allow
                         if subject == USER_INFO && reply.is_some_and(|r| !r.is_empty()) =>
                     {
@@ -198,7 +241,16 @@ impl Relay {
                 queue,
                 sid,
             } => {
-                if !user.authz.check_subscribe(subject, queue) {
+                let mut allowed = user.authz.check_subscribe(subject, queue);
+                if !allowed && user.authz.report_only() && reserved_subscribe(queue) {
+                    would_deny(
+                        &self.gate,
+                        user,
+                        explain::Request::Subscribe { subject, queue },
+                    );
+                    allowed = true;
+                }
+                if !allowed {
                     order.frame(encode::subscribe_violation(subject, queue), out);
                     self.gate
                         .metrics
@@ -307,6 +359,7 @@ impl Relay {
             pieces.made(encode::unsub(&sid));
         }
         user.authz = Authorizer::new(identity.permissions.clone(), identity.system_account);
+        user.authz.set_report_only(self.gate.report_only(&identity));
         user.limits.max_payload = self.gate.max_payload(&facts, identity.max_payload);
         let now = tokio::time::Instant::now();
         user.user_expiry = identity.expires_at.map(|t| now + until(t));
