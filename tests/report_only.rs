@@ -188,6 +188,44 @@ async fn report_only_users_get_nats_servers_no_permission_behaviour() {
         would as f64,
         "enforced users add no would_deny"
     );
+
+    // Advisories: one per violation (both users' reserved refusals, the
+    // strict user's refusals) and per failed login.
+    let mut intruder = RawClient::connect(gate.addr).await;
+    intruder.connect_nkey(&keys::new_user(), json!({})).await;
+    intruder.expect_closed().await;
+    let advisories = |kind: &str| {
+        gate.log_lines()
+            .iter()
+            .filter(|l| {
+                l.contains("natsgate::advisory") && l.contains(&format!("advisory=\"{kind}\""))
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while advisories("auth_failure") == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(advisories("would_deny"), would, "{}", gate.log());
+    // watched: 2 reserved publishes; strict: those plus a.secret, b.x, c.d.
+    assert_eq!(advisories("publish_violation"), 2 + 2 + 3, "{}", gate.log());
+    // watched: _sys_; strict: _sys_, b.x, c.>.
+    assert_eq!(advisories("subscribe_violation"), 1 + 3, "{}", gate.log());
+    assert_eq!(advisories("auth_failure"), 1, "{}", gate.log());
+    let line = gate
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("publish_violation") && l.contains("subject=a.secret"))
+        .unwrap_or_else(|| panic!("no advisory for a.secret:\n{}", gate.log()));
+    for field in [
+        "client=127.0.0.1:",
+        "user=U",
+        "name=strict",
+        "account=APP",
+        "rule_kind=\"deny_entry\"",
+    ] {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,9 +6,10 @@
 use std::ops::ControlFlow;
 
 use bytes::Bytes;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::Close;
+use super::advisory::{self, Kind};
 use super::jetstream::Guarded;
 use super::order::{Order, Ping};
 use super::pieces::{Pieces, Scanned, scan};
@@ -17,7 +18,7 @@ use super::subs::Delivery;
 use super::{post_auth_check, until};
 use crate::gate::Gate;
 use crate::metrics::Direction;
-use crate::permissions::explain::{self, explain};
+use crate::permissions::explain;
 use crate::permissions::{Authorizer, PublishDecision, reserved_publish, reserved_subscribe};
 use crate::protocol::client::{self, ClientOp};
 use crate::protocol::encode;
@@ -34,35 +35,12 @@ enum Stop {
     Hold,
 }
 
-/// A report-only user sent a frame its permissions refuse; it goes on. One
-/// info line (with the rule that would have refused it, see
-/// `permissions::explain`) and one count of
-/// `natsgate_permission_violations_total{kind="would_deny"}`.
+/// A report-only user sent a frame its permissions refuse; it goes on.
+/// One advisory (with the rule that would have refused it) and one count
+/// of `natsgate_permission_violations_total{kind="would_deny"}`.
 fn would_deny(gate: &Gate, user: &super::relay::User, request: explain::Request<'_>) {
     gate.metrics.would_deny(&user.identity.account_name);
-    if !tracing::enabled!(tracing::Level::INFO) {
-        return;
-    }
-    let identity = &user.identity;
-    let rule = explain(&identity.spec, identity.system_account, request).rule;
-    let (op, subject, queue, reply) = match request {
-        explain::Request::Publish { subject, reply } => ("publish", subject, None, reply),
-        explain::Request::Subscribe { subject, queue } => ("subscribe", subject, queue, None),
-    };
-    let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
-    info!(
-        user = %identity.user,
-        name = %identity.name,
-        account = %identity.account_name,
-        client = %user.peer,
-        op,
-        subject = %String::from_utf8_lossy(subject),
-        queue = text(queue),
-        reply = text(reply),
-        rule = %rule,
-        rule_kind = rule.kind(),
-        "would deny (report-only): forwarded"
-    );
+    advisory::permission(Kind::WouldDeny, &user.identity, user.peer, request);
 }
 
 /// The subject natsgate answers itself (spec 9.4).
@@ -224,15 +202,16 @@ impl Relay {
                         self.gate
                             .metrics
                             .publish_denied(&user.identity.account_name);
-                        debug!(subject = %String::from_utf8_lossy(subject), "publish denied");
+                        let request = explain::Request::Publish { subject, reply };
+                        advisory::permission(Kind::Violation, &user.identity, user.peer, request);
                     }
                     PublishDecision::DenyReply => {
-                        let reply = reply.unwrap_or_default();
-                        order.frame(encode::reply_violation(reply), out);
+                        order.frame(encode::reply_violation(reply.unwrap_or_default()), out);
                         self.gate
                             .metrics
                             .publish_denied(&user.identity.account_name);
-                        debug!(reply = %String::from_utf8_lossy(reply), "publish reply denied");
+                        let request = explain::Request::Publish { subject, reply };
+                        advisory::permission(Kind::Violation, &user.identity, user.peer, request);
                     }
                 }
             }
@@ -255,7 +234,8 @@ impl Relay {
                     self.gate
                         .metrics
                         .subscribe_denied(&user.identity.account_name);
-                    debug!(subject = %String::from_utf8_lossy(subject), "subscription denied");
+                    let request = explain::Request::Subscribe { subject, queue };
+                    advisory::permission(Kind::Violation, &user.identity, user.peer, request);
                 } else if user
                     .identity
                     .max_subscriptions
@@ -332,7 +312,8 @@ impl Relay {
         {
             Ok(identity) => identity,
             Err(failure) => {
-                debug!(reason = failure.reason.label(), detail = %failure.detail, "re-authentication failed");
+                let nkey = opts.nkey.as_deref();
+                advisory::auth_failure(user.peer, failure.reason.label(), &failure.detail, nkey);
                 self.gate.metrics.auth_failed(failure.reason);
                 let error = Some(Bytes::from_static(encode::ERR_AUTH_VIOLATION));
                 return ControlFlow::Break(Close::Gate { error });
