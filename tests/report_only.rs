@@ -322,3 +322,59 @@ async fn metrics_addr(gate: &GateProcess) -> SocketAddr {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_to_enforce_applies_to_connected_jwt_users() {
+    use support::jwt;
+    let server = upstream(&keys::new_user());
+    let op = jwt::operator("OP", false, None);
+    let account = nkeys::KeyPair::new_account();
+    let account_jwt = jwt::sign_account(&jwt::account_claims(&account, "APP"), &op.kp);
+    let user = nkeys::KeyPair::new_user();
+    let mut claims = jwt::user_claims(&user, "jwt-svc");
+    claims.nats.limits.publish.allow = vec!["a.>".into()];
+    let user_jwt = jwt::sign_user(&claims, &account);
+    let dir = tempfile::tempdir().unwrap();
+    let base = jwt::gate_setup(
+        dir.path(),
+        &server.url(),
+        PASSWORD,
+        &[&op.jwt],
+        &[(account.public_key(), account_jwt)],
+    );
+    let config = dir.path().join("natsgate.toml");
+    let write = |enforce: bool| {
+        let toml = format!("{base}\n[policy]\nenforce = {enforce}\n");
+        std::fs::write(&config, toml).unwrap();
+    };
+    write(false);
+    let gate = spawn_gate_binary_at(&config, Some("info"));
+
+    let mut c = RawClient::connect(gate.addr).await;
+    jwt::connect_jwt(&mut c, &user_jwt, Some(&user), json!({})).await;
+    c.send(b"SUB b.x 1\r\nPUB b.x 2\r\nhi\r\n").await;
+    assert_eq!(flush(&mut c).await, vec![Frame::msg("b.x", "1", b"hi")]);
+
+    write(true);
+    gate.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        c.send(b"PUB b.y 2\r\nhi\r\n").await;
+        let frames = flush(&mut c).await;
+        if frames.contains(&Frame::err("Permissions Violation for Publish to \"b.y\"")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no -ERR within 5 s of SIGHUP: {frames:?}\n{}",
+            gate.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.send(b"PUB a.ok 2\r\nhi\r\nPUB b.z 2\r\nhi\r\n").await;
+    assert_eq!(
+        flush(&mut c).await,
+        vec![Frame::err("Permissions Violation for Publish to \"b.z\"")],
+        "a.ok is allowed (nobody subscribes to it), b.z refused"
+    );
+}

@@ -97,6 +97,14 @@ impl Authenticator {
             .resolve_user(token.trim(), now)
             .map_err(|e| ExplainUserError::Jwt(e.to_string()))?;
         let user = resolved.user;
+        let mut notes = resolved.notes;
+        if user.subs == 0 {
+            notes.push(
+                "the subs limit is 0: the user may not subscribe at all (nats-server says \
+                 'maximum subscriptions exceeded' at login and closes the connection)"
+                    .to_owned(),
+            );
+        }
         Ok(ExplainedUser {
             key: user.user_key,
             name: user.user_name,
@@ -105,7 +113,7 @@ impl Authenticator {
             system_account: user.is_system_account,
             spec: user.permissions,
             origin: resolved.origin,
-            notes: resolved.notes,
+            notes,
         })
     }
 }
