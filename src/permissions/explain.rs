@@ -145,8 +145,8 @@ impl Rule {
         }
     }
 
-    /// The entries the rule names (one for an entry rule, several for the
-    /// queue rules, none otherwise).
+    /// What the rule names: the entry of an entry rule, the entries of the
+    /// queue rules, the prefix of a prefix rule; nothing otherwise.
     pub fn entries(&self) -> Vec<String> {
         match self {
             Rule::AllowEntry(e) | Rule::DenyEntry(e) | Rule::QueueDenyEntry(e) => vec![e.clone()],
