@@ -38,6 +38,9 @@ const STEPS: &[(&str, bool)] = &[
     // Reserved prefixes are refused for everyone.
     ("PUB a.x _R_.x 2\r\nhi\r\n", false),
     ("PUB _GR_.x.y 2\r\nhi\r\n", false),
+    // Refused by the permissions and by the reserved reply prefix: a user
+    // without permissions gets the reply's refusal.
+    ("PUB b.x _R_.x 2\r\nhi\r\n", false),
     ("PUB a.ok 2\r\nhi\r\n", false),
     ("SUB c.> 4\r\n", true),
     ("PUB c.d 2\r\nhi\r\n", true),
@@ -141,7 +144,7 @@ async fn report_only_users_get_nats_servers_no_permission_behaviour() {
     assert_eq!(count, would as f64, "one would_deny per would-be refusal");
     assert_eq!(
         violations(metrics, "publish", "APP").await,
-        2.0,
+        3.0,
         "the reserved prefixes"
     );
     assert_eq!(
@@ -182,7 +185,11 @@ async fn report_only_users_get_nats_servers_no_permission_behaviour() {
             "Permissions Violation for Publish to \"a.secret\""
         )]
     );
-    assert_eq!(got[7], vec![Frame::msg("a.ok", "1", b"hi")]);
+    assert_eq!(
+        got[7],
+        vec![Frame::err("Permissions Violation for Publish to \"b.x\"")]
+    );
+    assert_eq!(got[8], vec![Frame::msg("a.ok", "1", b"hi")]);
     assert_eq!(
         violations(metrics, "would_deny", "APP").await,
         would as f64,
@@ -207,8 +214,8 @@ async fn report_only_users_get_nats_servers_no_permission_behaviour() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(advisories("would_deny"), would, "{}", gate.log());
-    // watched: 2 reserved publishes; strict: those plus a.secret, b.x, c.d.
-    assert_eq!(advisories("publish_violation"), 2 + 2 + 3, "{}", gate.log());
+    // watched: 3 reserved publishes; strict: those plus a.secret, b.x, c.d.
+    assert_eq!(advisories("publish_violation"), 3 + 3 + 3, "{}", gate.log());
     // watched: _sys_; strict: _sys_, b.x, c.>.
     assert_eq!(advisories("subscribe_violation"), 1 + 3, "{}", gate.log());
     assert_eq!(advisories("auth_failure"), 1, "{}", gate.log());
