@@ -282,6 +282,17 @@ impl Metrics {
         self.permission_violation("would_deny", account);
     }
 
+    /// `count` deliveries to a report-only user that the delivery filter
+    /// would have dropped were delivered (`kind="would_filter"`). `account`
+    /// is handled as in [`Metrics::publish_denied`].
+    pub fn would_filter(&self, account: &str, count: u64) {
+        let account = self.inner.account_label(account);
+        self.inner
+            .permission_violations
+            .with_label_values(&["would_filter", account.as_ref()])
+            .inc_by(count);
+    }
+
     /// A JetStream API request was refused by the JetStream guard.
     /// `account` is handled as in [`Metrics::publish_denied`].
     pub fn jetstream_denied(&self, account: &str) {

@@ -140,6 +140,8 @@ async fn report_only_users_get_nats_servers_no_permission_behaviour() {
         );
     }
     let would = STEPS.iter().filter(|(_, w)| *w).count();
+    // The a.secret delivery on `a.>`, which the filter would have dropped.
+    assert_eq!(violations(metrics, "would_filter", "APP").await, 1.0);
     let count = violations(metrics, "would_deny", "APP").await;
     assert_eq!(count, would as f64, "one would_deny per would-be refusal");
     assert_eq!(

@@ -336,6 +336,9 @@ pub struct Authorizer {
     /// what enforcement would do. The PUB/SUB checks are unchanged; the
     /// session forwards what they refuse (see [`reserved_publish`]).
     report_only: bool,
+    /// Deliveries report-only mode let through that the filter would have
+    /// dropped, since the last [`Authorizer::take_would_filter`].
+    would_filter: u64,
 }
 
 /// What a delivered subject matched in the subscribe deny list. Cached per
@@ -358,6 +361,7 @@ impl Authorizer {
             filter_armed: false,
             responses,
             report_only: false,
+            would_filter: 0,
         }
     }
 
@@ -369,6 +373,12 @@ impl Authorizer {
     /// Whether report-only mode is on.
     pub fn report_only(&self) -> bool {
         self.report_only
+    }
+
+    /// How many deliveries report-only mode let through that the delivery
+    /// filter would have dropped, since the last call.
+    pub fn take_would_filter(&mut self) -> u64 {
+        std::mem::take(&mut self.would_filter)
     }
 
     /// The whole publish check in nats-server's order (see the module docs).
@@ -433,8 +443,11 @@ impl Authorizer {
         reply: Option<&[u8]>,
         now: Instant,
     ) -> bool {
-        if self.filter_armed && !self.report_only && self.delivery_denied(subject, sub_queue) {
-            return false;
+        if self.filter_armed && self.delivery_denied(subject, sub_queue) {
+            if !self.report_only {
+                return false;
+            }
+            self.would_filter += 1;
         }
         if self.responses.is_none() {
             return true;
@@ -1290,7 +1303,15 @@ mod tests {
             a.check_publish(b"_INBOX.r", None, now),
             PublishDecision::Allow
         );
+        assert!(a.filter_delivery(b"t.public", None, None, now));
+        assert_eq!(
+            a.take_would_filter(),
+            1,
+            "only t.secret would have been dropped"
+        );
+        assert_eq!(a.take_would_filter(), 0);
         a.set_report_only(false);
         assert!(!a.filter_delivery(b"t.secret", None, None, now));
+        assert_eq!(a.take_would_filter(), 0);
     }
 }
