@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::auth::jwt::{Disconnect, JwtUser, TrustStore};
 use crate::auth::{AuthFailure, Authenticator, Identity};
-use crate::config::{Credential, Settings};
+use crate::config::{Credential, PolicySettings, Settings};
 use crate::metrics::Metrics;
 use crate::permissions::{PermissionSpec, Permissions};
 use crate::protocol::connect::ConnectOptions;
@@ -35,6 +35,8 @@ pub struct Gate {
     auth: ArcSwap<Authenticator>,
     /// Serialises the swaps (read, change, store).
     auth_writer: Mutex<()>,
+    /// `[policy]` as last loaded (the file's, then each reload's).
+    policy: ArcSwap<PolicySettings>,
     pub upstream: UpstreamPool,
     pub metrics: Metrics,
     /// TLS for clients (`[listen.tls]`).
@@ -78,9 +80,9 @@ impl Gate {
         let store = AccountStore::new(&settings, &metrics);
         Ok(Gate {
             store,
-            settings,
             auth: ArcSwap::from_pointee(authenticator),
             auth_writer: Mutex::new(()),
+            policy: ArcSwap::from_pointee(settings.policy.clone()),
             upstream,
             metrics,
             tls_server,
@@ -89,6 +91,7 @@ impl Gate {
             accounts_generation: watch::Sender::new(0),
             account_connections: Mutex::new(HashMap::new()),
             user_info_seq: AtomicU64::new(0),
+            settings,
         })
     }
 
@@ -168,6 +171,36 @@ impl Gate {
 
     fn authenticator(&self) -> Arc<Authenticator> {
         self.auth.load_full()
+    }
+
+    /// Installs the `[policy]` of a reloaded config; sessions apply it at
+    /// their next re-check (after [`Gate::accounts_changed`]).
+    pub fn install_policy(&self, policy: PolicySettings) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    /// Whether `identity` is in report-only mode under the current policy.
+    pub fn report_only(&self, identity: &Identity) -> bool {
+        let account_key = identity.jwt.as_ref().map_or("", |j| j.account_key.as_str());
+        self.policy.load().report_only(
+            &identity.user,
+            &identity.name,
+            &identity.account_name,
+            account_key,
+        )
+    }
+
+    /// `GET /explain`: the decision for a user of the current config and
+    /// JWTs, as JSON, or why the input is bad.
+    pub fn explain(
+        &self,
+        who: crate::auth::explain::Who<'_>,
+        query: crate::auth::explain::Query<'_>,
+    ) -> Result<serde_json::Value, String> {
+        self.authenticator()
+            .explain(who, query, SystemTime::now())
+            .map(|report| report.json())
+            .map_err(|e| e.to_string())
     }
 
     /// Authenticates a CONNECT with the current users and JWTs.

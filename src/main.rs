@@ -41,16 +41,44 @@ enum Command {
     /// Load and validate the config and everything it names, print a summary,
     /// and exit without listening.
     Check,
+    /// Say whether a user may publish or subscribe to a subject, and which
+    /// rule decides, in nats-server's order. Exit status 0 allowed, 1
+    /// denied, 2 bad input (bad subject, unknown user, bad arguments, a
+    /// config that does not load).
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ExplainArgs {
+    /// The user: a [[users]] name or public key (U...), or a user's .creds
+    /// file (its JWT is verified against the config's operators and
+    /// accounts, as at login).
+    #[arg(long, value_name = "NAME|U...|CREDS_FILE")]
+    user: String,
+    /// `pub` or `sub`.
+    #[arg(value_parser = ["pub", "sub"])]
+    op: String,
+    /// The subject.
+    subject: String,
+    /// The queue group (`sub` only).
+    queue: Option<String>,
+    /// The reply subject (`pub` only).
+    #[arg(long, value_name = "SUBJECT")]
+    reply: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Explain(args)) = &cli.command {
+        return explain(&cli.config, args);
+    }
     let settings = match Settings::load(&cli.config) {
         Ok(settings) => settings,
         Err(e) => return fail(e),
     };
     match cli.command {
         Some(Command::Check) => check(&cli.config, &settings),
+        Some(Command::Explain(_)) => ExitCode::from(EXIT_BAD_INPUT),
         None => run(settings),
     }
 }
@@ -115,6 +143,70 @@ fn check(path: &Path, settings: &Settings) -> ExitCode {
     // A closed stdout (`natsgate check | head -1`) is not a config problem.
     let _ = std::io::stdout().flush();
     ExitCode::SUCCESS
+}
+
+/// `natsgate explain`: prints the decision; exit 0 allowed, 1 denied, 2
+/// bad input (also a config or JWT file that does not load).
+fn explain(path: &Path, args: &ExplainArgs) -> ExitCode {
+    let bad = |reason: String| {
+        eprintln!("natsgate: {reason}");
+        ExitCode::from(EXIT_BAD_INPUT)
+    };
+    let settings = match Settings::load(path) {
+        Ok(settings) => settings,
+        Err(e) => return bad(e.to_string()),
+    };
+    let now = std::time::SystemTime::now();
+    let authenticator = match natsgate::auth::Authenticator::load(&settings, now) {
+        Ok(authenticator) => authenticator,
+        Err(e) => return bad(e.to_string()),
+    };
+    // An existing file is a .creds file (or a bare user JWT); anything else
+    // names a static user.
+    let token;
+    let who = if Path::new(&args.user).is_file() {
+        token = match std::fs::read_to_string(&args.user) {
+            Ok(text) => match user_jwt_of(&text) {
+                Some(jwt) => jwt,
+                None => {
+                    return bad(format!(
+                        "{}: not a .creds file (and not a user JWT)",
+                        args.user
+                    ));
+                }
+            },
+            Err(e) => return bad(format!("{}: {e}", args.user)),
+        };
+        natsgate::auth::explain::Who::Jwt(&token)
+    } else {
+        natsgate::auth::explain::Who::Static(&args.user)
+    };
+    let query = natsgate::auth::explain::Query {
+        publish: args.op == "pub",
+        subject: &args.subject,
+        queue: args.queue.as_deref(),
+        reply: args.reply.as_deref(),
+    };
+    let report = match authenticator.explain(who, query, now) {
+        Ok(report) => report,
+        Err(e) => return bad(e.to_string()),
+    };
+    print!("{}", report.text());
+    let _ = std::io::stdout().flush();
+    if report.explanation.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The user JWT of a `.creds` file, or of a file that holds only the JWT.
+fn user_jwt_of(text: &str) -> Option<String> {
+    if let Ok((jwt, _seed)) = natsgate::config::parse_creds(text) {
+        return Some(jwt);
+    }
+    let bare = text.trim();
+    (bare.split('.').count() == 3 && !bare.contains(char::is_whitespace)).then(|| bare.to_owned())
 }
 
 /// The operators and accounts tables of `natsgate check`: every JWT is
@@ -485,6 +577,9 @@ fn table<const N: usize>(out: &mut String, header: [&str; N], rows: &[[&str; N]]
     }
 }
 
+/// `natsgate explain`'s status for bad input (clap's usage errors use it
+/// too).
+const EXIT_BAD_INPUT: u8 = 2;
 /// Without `--config`.
 const DEFAULT_CONFIG: &str = "natsgate.toml";
 /// How long the runtime waits for leftover tasks after `run` returned.

@@ -1,4 +1,5 @@
-//! Prometheus metrics and the HTTP endpoints (`GET /metrics`, `GET /healthz`).
+//! Prometheus metrics and the HTTP endpoints (`GET /metrics`, `GET /healthz`,
+//! `GET /explain`).
 //!
 //! Owns: every natsgate series, declared once here with its help text, in a
 //! [`prometheus::Registry`] owned by [`Metrics`] (no globals, so each test
@@ -28,7 +29,7 @@
 //! capped at [`MAX_ACCOUNT_LABELS`] distinct values (see
 //! [`Metrics::publish_denied`]). Subjects and user names are never labels.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,6 +48,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
+
+use crate::auth::explain::{Query, Who};
 
 /// The typed handle to natsgate's metrics. Cheap to clone: every clone
 /// records into the same [`Registry`].
@@ -272,6 +275,24 @@ impl Metrics {
         self.permission_violation("subscribe", account);
     }
 
+    /// A report-only user's PUB or SUB that its permissions refuse was
+    /// forwarded (`kind="would_deny"`). `account` is handled as in
+    /// [`Metrics::publish_denied`].
+    pub fn would_deny(&self, account: &str) {
+        self.permission_violation("would_deny", account);
+    }
+
+    /// `count` deliveries to a report-only user that the delivery filter
+    /// would have dropped were delivered (`kind="would_filter"`). `account`
+    /// is handled as in [`Metrics::publish_denied`].
+    pub fn would_filter(&self, account: &str, count: u64) {
+        let account = self.inner.account_label(account);
+        self.inner
+            .permission_violations
+            .with_label_values(&["would_filter", account.as_ref()])
+            .inc_by(count);
+    }
+
     /// A JetStream API request was refused by the JetStream guard.
     /// `account` is handled as in [`Metrics::publish_denied`].
     pub fn jetstream_denied(&self, account: &str) {
@@ -376,13 +397,23 @@ pub struct Health {
     pub detail: String,
 }
 
-/// Serves `GET /metrics` and `GET /healthz` on `listener` until `shutdown`
-/// is cancelled. `HEAD` is answered like `GET`; any other method or path
+/// Answers `GET /explain`: the user and the query from the request, the
+/// JSON report (`Ok`) or why the input is bad (`Err`, a 400). Called on the
+/// runtime: it must not block.
+pub type Explainer = dyn Fn(Who<'_>, Query<'_>) -> Result<serde_json::Value, String> + Send + Sync;
+
+/// Serves `GET /metrics`, `GET /healthz` and `GET /explain` on `listener`
+/// until `shutdown` is cancelled. `HEAD` is answered like `GET`; any other method or path
 /// gets 404.
 ///
 /// `/healthz` is 200 `ok` when `healthy()` returns true (natsgate can reach
 /// an upstream server) and 503 otherwise. `healthy` is called once per
 /// request, on the runtime: it must not block.
+///
+/// `/explain?user=NAME|U...&op=pub|sub&subject=S[&queue=Q][&reply=R]` (or
+/// `jwt=TOKEN` instead of `user` for a JWT user) answers 200 with
+/// `explain`'s JSON (`{"allowed":bool,"rule":{...},...}`), or 400 with
+/// `{"error":"..."}` for bad input.
 ///
 /// At most [`MAX_HTTP_CONNECTIONS`] connections are served at once (further
 /// ones wait in the accept backlog), and a client must send its request
@@ -393,6 +424,7 @@ pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
     healthy: impl Fn() -> Health + Send + Sync + 'static,
+    explain: Arc<Explainer>,
     shutdown: CancellationToken,
 ) {
     let healthy: Arc<dyn Fn() -> Health + Send + Sync> = Arc::new(healthy);
@@ -425,11 +457,12 @@ pub async fn serve(
 
         let metrics = metrics.clone();
         let healthy = healthy.clone();
+        let explain = explain.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
             let service = service_fn(move |request| {
-                let response = respond(&request, &metrics, healthy.as_ref());
+                let response = respond(&request, &metrics, healthy.as_ref(), explain.as_ref());
                 async move { Ok::<_, Infallible>(response) }
             });
             let mut builder = http1::Builder::new();
@@ -518,6 +551,7 @@ fn respond(
     request: &Request<Incoming>,
     metrics: &Metrics,
     healthy: &(dyn Fn() -> Health + Send + Sync),
+    explain: &Explainer,
 ) -> Response<Full<Bytes>> {
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         return text(StatusCode::NOT_FOUND, "not found\n");
@@ -550,9 +584,91 @@ fn respond(
                 response
             }
         }
+        "/explain" => {
+            let (status, body) = match explain_request(request.uri().query().unwrap_or(""), explain)
+            {
+                Ok(report) => (StatusCode::OK, report),
+                Err(error) => (
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({ "error": error }),
+                ),
+            };
+            let mut response = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+            *response.status_mut() = status;
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
+
+/// Reads `/explain`'s query string and asks `explain`.
+fn explain_request(query: &str, explain: &Explainer) -> Result<serde_json::Value, String> {
+    let mut params: HashMap<String, String> = HashMap::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = percent_decode(key)?;
+        let value = percent_decode(value)?;
+        if !EXPLAIN_PARAMS.contains(&key.as_str()) {
+            return Err(format!("unknown parameter {key:?}"));
+        }
+        if params.insert(key.clone(), value).is_some() {
+            return Err(format!("parameter {key:?} given twice"));
+        }
+    }
+    let who = match (params.get("user"), params.get("jwt")) {
+        (Some(user), None) => Who::Static(user),
+        (None, Some(jwt)) => Who::Jwt(jwt),
+        (None, None) => return Err("missing user (or jwt)".into()),
+        (Some(_), Some(_)) => return Err("give user or jwt, not both".into()),
+    };
+    let publish = match params.get("op").map(String::as_str) {
+        Some("pub") => true,
+        Some("sub") => false,
+        Some(other) => return Err(format!("op must be pub or sub, not {other:?}")),
+        None => return Err("missing op (pub or sub)".into()),
+    };
+    let Some(subject) = params.get("subject") else {
+        return Err("missing subject".into());
+    };
+    let query = Query {
+        publish,
+        subject,
+        queue: params.get("queue").map(String::as_str),
+        reply: params.get("reply").map(String::as_str),
+    };
+    explain(who, query)
+}
+
+/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a
+/// byte; the result must be UTF-8.
+fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| format!("bad percent escape in {s:?}"))?;
+                out.push(hex);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once decoded"))
+}
+
+/// The parameters `/explain` takes.
+const EXPLAIN_PARAMS: [&str; 6] = ["user", "jwt", "op", "subject", "queue", "reply"];
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
@@ -833,6 +949,7 @@ mod tests {
                 ok: healthy.load(Ordering::SeqCst),
                 detail: String::new(),
             },
+            Arc::new(echo_explainer),
             shutdown.clone(),
         ));
         (addr, metrics, shutdown, task)
@@ -906,5 +1023,77 @@ mod tests {
             .unwrap();
         assert_eq!(silent.read(&mut buf).await.unwrap(), 0);
         assert_eq!(kept.read(&mut buf).await.unwrap(), 0);
+    }
+
+    /// Stands in for the gate: echoes what `/explain` parsed, refuses the
+    /// user `nobody`.
+    fn echo_explainer(who: Who<'_>, query: Query<'_>) -> Result<serde_json::Value, String> {
+        let user = match who {
+            Who::Static("nobody") => return Err("unknown user".into()),
+            Who::Static(user) => format!("user:{user}"),
+            Who::Jwt(jwt) => format!("jwt:{jwt}"),
+        };
+        Ok(serde_json::json!({
+            "allowed": query.publish,
+            "rule": user,
+            "subject": query.subject,
+            "queue": query.queue,
+            "reply": query.reply,
+        }))
+    }
+
+    #[tokio::test]
+    async fn explain_reads_its_query_and_answers_json_or_400() {
+        let (addr, _metrics, shutdown, task) = start(Arc::new(AtomicBool::new(true))).await;
+        let (status, head, body) = get(
+            addr,
+            "GET",
+            "/explain?user=svc-a&op=pub&subject=orders.%3E&reply=_INBOX.a+b",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            head.to_ascii_lowercase().contains("application/json"),
+            "{head}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["allowed"], true);
+        assert_eq!(json["rule"], "user:svc-a");
+        assert_eq!(json["subject"], "orders.>");
+        assert_eq!(json["reply"], "_INBOX.a b");
+        let (status, _, body) =
+            get(addr, "GET", "/explain?jwt=e.y.j&op=sub&subject=a&queue=q").await;
+        assert_eq!(status, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (json["allowed"].as_bool(), json["rule"].as_str()),
+            (Some(false), Some("jwt:e.y.j"))
+        );
+        assert_eq!(json["queue"], "q");
+        for bad in [
+            "/explain",
+            "/explain?user=nobody&op=pub&subject=a",
+            "/explain?user=a&op=publish&subject=a",
+            "/explain?user=a&op=pub",
+            "/explain?op=pub&subject=a",
+            "/explain?user=a&jwt=b&op=pub&subject=a",
+            "/explain?user=a&op=pub&subject=a&subject=b",
+            "/explain?user=a&op=pub&subject=%zz",
+            "/explain?user=a&op=pub&subject=%ff",
+            "/explain?user=a&op=pub&subject=a&color=red",
+        ] {
+            let (status, _, body) = get(addr, "GET", bad).await;
+            assert_eq!(status, 400, "{bad}: {body}");
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(
+                json["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{bad}: {body}"
+            );
+        }
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

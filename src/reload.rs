@@ -186,6 +186,7 @@ fn reload_config(gate: &Gate) -> bool {
         );
     }
     gate.install_authenticator(authenticator);
+    gate.install_policy(settings.policy.clone());
     gate.reapply_remembered();
     info!(users = settings.users.len(), "config reloaded");
     true

@@ -116,10 +116,14 @@ pub async fn run_on_workers(
         }
         let health = gate.clone();
         let healthy = move || health.health();
+        let explainer = gate.clone();
+        let explain: Arc<metrics::Explainer> =
+            Arc::new(move |who, query| explainer.explain(who, query));
         endpoint.spawn(metrics::serve(
             metrics_listener,
             gate.metrics.clone(),
             healthy,
+            explain,
             endpoint_stop.clone(),
         ));
         // /healthz must reflect the upstream even when no client connects.

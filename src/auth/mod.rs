@@ -9,6 +9,7 @@
 //! The client only ever learns `Authorization Violation`; the precise reason is
 //! in [`AuthFailure`] for logs and metrics.
 
+pub mod explain;
 pub mod jwt;
 pub mod nkey;
 

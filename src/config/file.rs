@@ -24,6 +24,8 @@ pub(super) struct FileConfig {
     pub log: LogFile,
     #[serde(default)]
     pub jetstream: JetStreamFile,
+    #[serde(default)]
+    pub policy: PolicyFile,
 }
 
 /// `[listen]`
@@ -214,6 +216,17 @@ struct AllowResponsesTable {
 pub(super) struct JetStreamFile {
     #[serde(default)]
     pub guard: bool,
+}
+
+/// `[policy]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PolicyFile {
+    pub enforce: Option<bool>,
+    #[serde(default)]
+    pub report_only_accounts: Vec<String>,
+    #[serde(default)]
+    pub report_only_users: Vec<String>,
 }
 
 /// `[metrics]`

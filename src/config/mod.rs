@@ -42,6 +42,9 @@ pub struct Settings {
     pub log: LogSettings,
     /// `[jetstream]`: the JetStream guard (issue 14).
     pub jetstream: JetStreamSettings,
+    /// `[policy]`: enforce permissions, or only report what they would
+    /// refuse (issue 16). Applied again on SIGHUP.
+    pub policy: PolicySettings,
     /// The directory of the config file (absolute when loaded from a file);
     /// relative paths in the file were resolved against it.
     pub base_dir: PathBuf,
@@ -179,6 +182,51 @@ pub struct StaticUser {
 pub struct MetricsSettings {
     /// A socket address or `host:port`.
     pub addr: String,
+}
+
+/// `[policy]`: report-only mode for the whole deployment, some accounts or
+/// some users. In report-only mode a PUB or SUB the user's permissions
+/// refuse is forwarded anyway, logged and counted (`would_deny`);
+/// authentication is always enforced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicySettings {
+    /// `enforce` (default true); false makes every user report-only.
+    pub enforce: bool,
+    /// `report_only_accounts`: account names or public keys (`A...`) whose
+    /// users are report-only; for static users, their `account`.
+    pub report_only_accounts: Vec<String>,
+    /// `report_only_users`: user names or public keys (`U...`).
+    pub report_only_users: Vec<String>,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        PolicySettings {
+            enforce: true,
+            report_only_accounts: Vec::new(),
+            report_only_users: Vec::new(),
+        }
+    }
+}
+
+impl PolicySettings {
+    /// Whether a user (public key and name) of an account (name and public
+    /// key; empty when none) is report-only.
+    pub fn report_only(
+        &self,
+        user_key: &str,
+        user_name: &str,
+        account: &str,
+        account_key: &str,
+    ) -> bool {
+        let named = |list: &[String], a: &str, b: &str| {
+            list.iter()
+                .any(|entry| (!a.is_empty() && entry == a) || (!b.is_empty() && entry == b))
+        };
+        !self.enforce
+            || named(&self.report_only_users, user_key, user_name)
+            || named(&self.report_only_accounts, account, account_key)
+    }
 }
 
 /// `[jetstream]`

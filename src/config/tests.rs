@@ -132,6 +132,11 @@ fn minimal_fixture_takes_the_defaults() {
         !settings.jetstream.guard,
         "the JetStream guard is off by default"
     );
+    assert_eq!(settings.policy, PolicySettings::default());
+    assert!(
+        settings.policy.enforce,
+        "permissions are enforced by default"
+    );
     assert_eq!(settings.base_dir, fixtures().join("valid"));
 }
 
@@ -222,6 +227,34 @@ fn full_fixture_sets_everything() {
     assert_eq!(settings.log.level, "debug");
     assert_eq!(settings.log.format, LogFormat::Json);
     assert!(settings.jetstream.guard);
+    assert!(!settings.policy.enforce);
+    assert_eq!(settings.policy.report_only_users, ["svc-b"]);
+    assert_eq!(settings.policy.report_only_accounts.len(), 2);
+}
+
+#[test]
+fn report_only_by_deployment_account_or_user() {
+    let policy = PolicySettings {
+        enforce: true,
+        report_only_accounts: vec!["APP".into(), "AKEY".into()],
+        report_only_users: vec!["watched".into(), "UKEY".into()],
+    };
+    assert!(!policy.report_only("U1", "svc", "OTHER", "AOTHER"));
+    assert!(policy.report_only("U1", "watched", "OTHER", ""));
+    assert!(policy.report_only("UKEY", "", "", ""));
+    assert!(policy.report_only("U1", "svc", "APP", ""));
+    assert!(policy.report_only("U1", "svc", "x", "AKEY"));
+    // Empty names never match.
+    let blank = PolicySettings {
+        report_only_users: vec!["svc".into()],
+        ..PolicySettings::default()
+    };
+    assert!(!blank.report_only("U1", "", "", ""));
+    let off = PolicySettings {
+        enforce: false,
+        ..PolicySettings::default()
+    };
+    assert!(off.report_only("U1", "svc", "", ""));
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::creds::{parse_creds, parse_seed_file};
 use super::file::{
     AllowResponsesFile, CredentialFile, FileConfig, JwtFile, KvFile, ListenFile, LogFile,
-    LogFormatFile, PermissionsFile, SubjectRulesFile, UpstreamFile, UserFile,
+    LogFormatFile, PermissionsFile, PolicyFile, SubjectRulesFile, UpstreamFile, UserFile,
 };
 use super::values::{
     check_host_port, check_permission_subject, check_user_public_key, default_server_name,
@@ -63,8 +63,32 @@ impl Context<'_> {
             jetstream: JetStreamSettings {
                 guard: model.jetstream.guard,
             },
+            policy: self.policy(&model.policy)?,
             base_dir: self.base_dir.to_path_buf(),
             source: None,
+        })
+    }
+
+    // === [policy] ===
+
+    fn policy(&self, policy: &PolicyFile) -> Result<PolicySettings, ConfigError> {
+        for (key, list) in [
+            ("policy.report_only_accounts", &policy.report_only_accounts),
+            ("policy.report_only_users", &policy.report_only_users),
+        ] {
+            if let Some(entry) = list.iter().find(|e| e.trim().is_empty() || e.trim() != *e) {
+                return Err(self.invalid(
+                    key,
+                    format!(
+                        "{entry:?}: entries are names or public keys, without blanks around them"
+                    ),
+                ));
+            }
+        }
+        Ok(PolicySettings {
+            enforce: policy.enforce.unwrap_or(true),
+            report_only_accounts: policy.report_only_accounts.clone(),
+            report_only_users: policy.report_only_users.clone(),
         })
     }
 

@@ -33,6 +33,7 @@
 //! Only static (allow/deny) results are cached; response-table results never
 //! are.
 
+pub mod explain;
 pub mod jetstream;
 mod matcher;
 mod responses;
@@ -329,6 +330,15 @@ pub struct Authorizer {
     filter_armed: bool,
     /// Present iff the permissions have a response permission.
     responses: Option<ResponseTable>,
+    /// Report-only mode (`[policy]`): [`Authorizer::filter_delivery`]
+    /// filters nothing (a user without permissions gets every delivery),
+    /// while replies are still tracked so that the checks keep answering
+    /// what enforcement would do. The PUB/SUB checks are unchanged; the
+    /// session forwards what they refuse (see [`reserved_publish`]).
+    report_only: bool,
+    /// Deliveries report-only mode let through that the filter would have
+    /// dropped, since the last [`Authorizer::take_would_filter`].
+    would_filter: u64,
 }
 
 /// What a delivered subject matched in the subscribe deny list. Cached per
@@ -350,7 +360,25 @@ impl Authorizer {
             delivery_cache: BoundedCache::new(DECISION_CACHE_CAPACITY),
             filter_armed: false,
             responses,
+            report_only: false,
+            would_filter: 0,
         }
+    }
+
+    /// Switches report-only mode on or off (see the field).
+    pub fn set_report_only(&mut self, on: bool) {
+        self.report_only = on;
+    }
+
+    /// Whether report-only mode is on.
+    pub fn report_only(&self) -> bool {
+        self.report_only
+    }
+
+    /// How many deliveries report-only mode let through that the delivery
+    /// filter would have dropped, since the last call.
+    pub fn take_would_filter(&mut self) -> u64 {
+        std::mem::take(&mut self.would_filter)
     }
 
     /// The whole publish check in nats-server's order (see the module docs).
@@ -416,7 +444,10 @@ impl Authorizer {
         now: Instant,
     ) -> bool {
         if self.filter_armed && self.delivery_denied(subject, sub_queue) {
-            return false;
+            if !self.report_only {
+                return false;
+            }
+            self.would_filter += 1;
         }
         if self.responses.is_none() {
             return true;
@@ -500,6 +531,29 @@ impl Authorizer {
             _ => false,
         }
     }
+}
+
+/// The publish check of a user without any permissions: only the prefixes
+/// nats-server refuses for everyone (steps 1, 3 and 4 of the module docs).
+/// What a report-only user gets.
+pub fn reserved_publish(
+    subject: &[u8],
+    reply: Option<&[u8]>,
+    system_account: bool,
+) -> PublishDecision {
+    if has_gateway_reply_prefix(subject) || (!system_account && subject.starts_with(b"$NRG.")) {
+        return PublishDecision::DenySubject;
+    }
+    if reply.is_some_and(is_reserved_reply) {
+        return PublishDecision::DenyReply;
+    }
+    PublishDecision::Allow
+}
+
+/// The subscribe check of a user without any permissions: only queue
+/// `_sys_` is refused. What a report-only user gets.
+pub fn reserved_subscribe(queue: Option<&[u8]>) -> bool {
+    queue != Some(SYSTEM_QUEUE)
 }
 
 /// `_GR_.` (longer than 5 bytes) or, since 2.15.1, `$GR.` (longer than 4):
@@ -1192,5 +1246,72 @@ mod tests {
             "old verdict not reused"
         );
         assert!(!a.filter_delivery(b"t.1", None, None, now));
+    }
+
+    #[test]
+    fn reserved_checks_are_the_unrestricted_users_checks() {
+        let now = Instant::now();
+        let subjects: [&[u8]; 9] = [
+            b"a", b"_GR_.", b"_GR_.x", b"$GR.", b"$GR.x", b"$NRG.x", b"$NRG.", b"_R_", b"a.>",
+        ];
+        let replies: [Option<&[u8]>; 7] = [
+            None,
+            Some(b"r"),
+            Some(b"_R_."),
+            Some(b"$JS.ACK."),
+            Some(b"$JS.ACK.x"),
+            Some(b"_GR_.x"),
+            Some(b"$GR.x"),
+        ];
+        for system in [false, true] {
+            let mut unrestricted = Authorizer::new(Arc::new(Permissions::unrestricted()), system);
+            for subject in subjects {
+                for reply in replies {
+                    assert_eq!(
+                        reserved_publish(subject, reply, system),
+                        unrestricted.check_publish(subject, reply, now),
+                        "{:?} {:?}",
+                        String::from_utf8_lossy(subject),
+                        reply.map(String::from_utf8_lossy)
+                    );
+                }
+            }
+            for queue in [None, Some(&b"q"[..]), Some(b"_sys_"), Some(b"")] {
+                assert_eq!(
+                    reserved_subscribe(queue),
+                    unrestricted.check_subscribe(b"a", queue)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn report_only_delivers_what_the_filter_would_drop_and_tracks_replies() {
+        let spec = PermissionSpec {
+            publish: rules(Some(&["a"]), &[]),
+            subscribe: rules(None, &["t.secret"]),
+            responses: Some(ResponseSpec::DEFAULT),
+        };
+        let now = Instant::now();
+        let mut a = Authorizer::new(Arc::new(Permissions::compile(&spec)), false);
+        a.set_report_only(true);
+        assert!(a.check_subscribe(b"t.*", None));
+        assert!(a.delivery_filter_armed());
+        assert!(a.filter_delivery(b"t.secret", None, Some(b"_INBOX.r"), now));
+        // The reply was tracked: enforcement would allow one response.
+        assert_eq!(
+            a.check_publish(b"_INBOX.r", None, now),
+            PublishDecision::Allow
+        );
+        assert!(a.filter_delivery(b"t.public", None, None, now));
+        assert_eq!(
+            a.take_would_filter(),
+            1,
+            "only t.secret would have been dropped"
+        );
+        assert_eq!(a.take_would_filter(), 0);
+        a.set_report_only(false);
+        assert!(!a.filter_delivery(b"t.secret", None, None, now));
+        assert_eq!(a.take_would_filter(), 0);
     }
 }

@@ -9,14 +9,17 @@ use bytes::Bytes;
 use tracing::debug;
 
 use super::Close;
+use super::advisory::{self, Kind};
 use super::jetstream::Guarded;
 use super::order::{Order, Ping};
 use super::pieces::{Pieces, Scanned, scan};
 use super::relay::Relay;
 use super::subs::Delivery;
 use super::{post_auth_check, until};
+use crate::gate::Gate;
 use crate::metrics::Direction;
-use crate::permissions::{Authorizer, PublishDecision};
+use crate::permissions::explain;
+use crate::permissions::{Authorizer, PublishDecision, reserved_publish, reserved_subscribe};
 use crate::protocol::client::{self, ClientOp};
 use crate::protocol::encode;
 use crate::protocol::subject::{is_valid_literal_subject, is_valid_subject};
@@ -30,6 +33,14 @@ enum Stop {
     /// A JetStream request waits for its stream's subjects (see
     /// [`super::jetstream`]); the rest of the input waits with it.
     Hold,
+}
+
+/// A report-only user sent a frame its permissions refuse; it goes on.
+/// One advisory (with the rule that would have refused it) and one count
+/// of `natsgate_permission_violations_total{kind="would_deny"}`.
+fn would_deny(gate: &Gate, user: &super::relay::User, request: explain::Request<'_>) {
+    gate.metrics.would_deny(&user.identity.account_name);
+    advisory::permission(Kind::WouldDeny, &user.identity, user.peer, request);
 }
 
 /// The subject natsgate answers itself (spec 9.4).
@@ -122,7 +133,17 @@ impl Relay {
                     let err = Bytes::from_static(encode::ERR_INVALID_PUBLISH_SUBJECT);
                     order.frame(err, out);
                 }
-                match user.authz.check_publish(subject, reply, now) {
+                let mut decision = user.authz.check_publish(subject, reply, now);
+                if decision != PublishDecision::Allow && user.authz.report_only() {
+                    // What a user without permissions gets: only the
+                    // reserved prefixes are refused (with their own text).
+                    decision = reserved_publish(subject, reply, user.identity.system_account);
+                    if decision == PublishDecision::Allow {
+                        let request = explain::Request::Publish { subject, reply };
+                        would_deny(&self.gate, user, request);
+                    }
+                }
+                match decision {
                     PublishDecision::Allow
                         if subject == USER_INFO && reply.is_some_and(|r| !r.is_empty()) =>
                     {
@@ -181,15 +202,16 @@ impl Relay {
                         self.gate
                             .metrics
                             .publish_denied(&user.identity.account_name);
-                        debug!(subject = %String::from_utf8_lossy(subject), "publish denied");
+                        let request = explain::Request::Publish { subject, reply };
+                        advisory::permission(Kind::Violation, &user.identity, user.peer, request);
                     }
                     PublishDecision::DenyReply => {
-                        let reply = reply.unwrap_or_default();
-                        order.frame(encode::reply_violation(reply), out);
+                        order.frame(encode::reply_violation(reply.unwrap_or_default()), out);
                         self.gate
                             .metrics
                             .publish_denied(&user.identity.account_name);
-                        debug!(reply = %String::from_utf8_lossy(reply), "publish reply denied");
+                        let request = explain::Request::Publish { subject, reply };
+                        advisory::permission(Kind::Violation, &user.identity, user.peer, request);
                     }
                 }
             }
@@ -198,12 +220,22 @@ impl Relay {
                 queue,
                 sid,
             } => {
-                if !user.authz.check_subscribe(subject, queue) {
+                let mut allowed = user.authz.check_subscribe(subject, queue);
+                if !allowed && user.authz.report_only() && reserved_subscribe(queue) {
+                    would_deny(
+                        &self.gate,
+                        user,
+                        explain::Request::Subscribe { subject, queue },
+                    );
+                    allowed = true;
+                }
+                if !allowed {
                     order.frame(encode::subscribe_violation(subject, queue), out);
                     self.gate
                         .metrics
                         .subscribe_denied(&user.identity.account_name);
-                    debug!(subject = %String::from_utf8_lossy(subject), "subscription denied");
+                    let request = explain::Request::Subscribe { subject, queue };
+                    advisory::permission(Kind::Violation, &user.identity, user.peer, request);
                 } else if user
                     .identity
                     .max_subscriptions
@@ -280,7 +312,8 @@ impl Relay {
         {
             Ok(identity) => identity,
             Err(failure) => {
-                debug!(reason = failure.reason.label(), detail = %failure.detail, "re-authentication failed");
+                let nkey = opts.nkey.as_deref();
+                advisory::auth_failure(user.peer, failure.reason.label(), &failure.detail, nkey);
                 self.gate.metrics.auth_failed(failure.reason);
                 let error = Some(Bytes::from_static(encode::ERR_AUTH_VIOLATION));
                 return ControlFlow::Break(Close::Gate { error });
@@ -307,6 +340,7 @@ impl Relay {
             pieces.made(encode::unsub(&sid));
         }
         user.authz = Authorizer::new(identity.permissions.clone(), identity.system_account);
+        user.authz.set_report_only(self.gate.report_only(&identity));
         user.limits.max_payload = self.gate.max_payload(&facts, identity.max_payload);
         let now = tokio::time::Instant::now();
         user.user_expiry = identity.expires_at.map(|t| now + until(t));

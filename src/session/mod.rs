@@ -12,6 +12,7 @@
 //!
 //! No task or socket outlives the session: when either side goes, both close.
 
+mod advisory;
 mod client_ops;
 mod conn;
 mod guard_ops;
@@ -197,7 +198,12 @@ async fn handshake(
             && first != b'C'
             && first != b'c'
         {
-            debug!("operation before CONNECT");
+            advisory::auth_failure(
+                peer,
+                Reason::NoConnect.label(),
+                "operation before CONNECT",
+                None,
+            );
             gate.metrics.auth_failed(Reason::NoConnect);
             close_with(&mut client, encode::ERR_AUTH_VIOLATION).await;
             return None;
@@ -226,7 +232,7 @@ async fn handshake(
                     _ = shutdown.cancelled() => return None,
                     read = timeout_at(deadline, client.read_buf(&mut cin)) => match read {
                         Err(_) => {
-                            debug!("authentication timeout");
+                            advisory::auth_failure(peer, Reason::Timeout.label(), "no CONNECT in time", None);
                             gate.metrics.auth_failed(Reason::Timeout);
                             close_with(&mut client, encode::ERR_AUTH_TIMEOUT).await;
                             return None;
@@ -248,7 +254,8 @@ async fn handshake(
     let identity = match gate.authenticate(&opts, nonce.as_bytes(), peer.ip()) {
         Ok(identity) => identity,
         Err(failure) => {
-            debug!(reason = failure.reason.label(), detail = %failure.detail, "authentication failed");
+            let nkey = opts.nkey.as_deref();
+            advisory::auth_failure(peer, failure.reason.label(), &failure.detail, nkey);
             gate.metrics.auth_failed(failure.reason);
             close_with(&mut client, encode::ERR_AUTH_VIOLATION).await;
             return None;
@@ -256,13 +263,22 @@ async fn handshake(
     };
     if let Some(text) = post_auth_check(&opts, facts.headers) {
         if text == encode::ERR_AUTH_VIOLATION {
+            let nkey = opts.nkey.as_deref();
+            advisory::auth_failure(
+                peer,
+                Reason::AccountField.label(),
+                "account in CONNECT",
+                nkey,
+            );
             gate.metrics.auth_failed(Reason::AccountField);
         }
         close_with(&mut client, text).await;
         return None;
     }
     let Some(slot) = gate.account_slot(&identity) else {
-        debug!("account connection limit reached");
+        let detail = "account connection limit reached";
+        let nkey = opts.nkey.as_deref();
+        advisory::auth_failure(peer, Reason::AccountConnections.label(), detail, nkey);
         gate.metrics.auth_failed(Reason::AccountConnections);
         close_with(&mut client, encode::ERR_MAX_ACCOUNT_CONNECTIONS).await;
         return None;

@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::conn::{Conn, HIGH_WATER, Read};
 use super::jetstream::JsGuard;
@@ -152,8 +152,10 @@ impl Relay {
                 .unwrap_or(usize::MAX)
                 .max(limits.max_payload),
         };
+        let mut authz = Authorizer::new(identity.permissions.clone(), identity.system_account);
+        authz.set_report_only(gate.report_only(&identity));
         let user = User {
-            authz: Authorizer::new(identity.permissions.clone(), identity.system_account),
+            authz,
             user_expiry: identity.expires_at.map(|t| now + until(t)),
             account_expiry: identity.account_expires_at.map(|t| now + until(t)),
             subs: Subscriptions::default(),
@@ -386,6 +388,10 @@ impl Relay {
         if !watching {
             return Ok(());
         }
+        let report_only = self.gate.report_only(&self.user.identity);
+        if report_only != self.user.authz.report_only() {
+            self.apply_policy(report_only);
+        }
         let Some(user) = &self.user.identity.jwt else {
             return self.refresh_static_user();
         };
@@ -418,8 +424,37 @@ impl Relay {
         user.authz.replace_permissions(permissions.clone());
         user.identity.permissions = permissions;
         user.identity.spec = spec;
+        self.recheck_subscriptions();
+        Ok(())
+    }
+
+    /// A reload switched report-only mode (`[policy]`) on or off for this
+    /// user. Switching to enforcement starts the permissions afresh (an
+    /// empty response table, the delivery filter re-armed) and removes the
+    /// subscriptions they refuse, as a permission change on reload does.
+    fn apply_policy(&mut self, report_only: bool) {
+        info!(
+            user = %self.user.identity.user,
+            report_only,
+            "permission policy changed by a config reload"
+        );
+        let authz = &mut self.user.authz;
+        authz.set_report_only(report_only);
+        if !report_only {
+            let permissions = authz.permissions().clone();
+            authz.replace_permissions(permissions);
+            self.recheck_subscriptions();
+        }
+    }
+
+    /// Runs every subscription through the subscribe check again (which
+    /// also re-arms the delivery filter); when enforcing, the refused ones
+    /// are removed upstream and the client gets nats-server's reload error
+    /// (spec 4.7). A report-only user keeps them.
+    fn recheck_subscriptions(&mut self) {
+        let user = &mut self.user;
         for (sid, subject, queue) in user.subs.entries() {
-            if user.authz.check_subscribe(&subject, queue.as_deref()) {
+            if user.authz.check_subscribe(&subject, queue.as_deref()) || user.authz.report_only() {
                 continue;
             }
             user.subs.remove(&sid);
@@ -427,7 +462,6 @@ impl Relay {
             let err = encode::subscription_removed(&subject, queue.as_deref(), &sid);
             self.order.frame(err, &mut self.client.out);
         }
-        Ok(())
     }
 
     /// Shutdown began: tell the client the server is going away (an INFO

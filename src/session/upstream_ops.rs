@@ -56,6 +56,11 @@ impl Relay {
         self.gate
             .metrics
             .relayed(Direction::UpstreamToClient, handed.0, handed.1);
+        let would_filter = self.user.authz.take_would_filter();
+        if would_filter > 0 {
+            let account = &self.user.identity.account_name;
+            self.gate.metrics.would_filter(account, would_filter);
+        }
         result
     }
 

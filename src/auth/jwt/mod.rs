@@ -78,6 +78,15 @@ pub struct JwtUser {
     pub jwt: Arc<str>,
 }
 
+/// What [`TrustStore::resolve_user`] found: the user a JWT logs in as,
+/// where its permissions come from, and the login checks explain skipped.
+#[derive(Clone, Debug)]
+pub struct ResolvedUser {
+    pub user: JwtUser,
+    pub origin: crate::permissions::explain::Origin,
+    pub notes: Vec<String>,
+}
+
 /// A failed JWT login. On the wire it is always `Authorization Violation`;
 /// [`fmt::Display`] gives nats-server's debug text, [`JwtAuthError::reason`]
 /// a bounded metric label.

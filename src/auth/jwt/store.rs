@@ -12,9 +12,11 @@ use super::user_checks::{
 };
 use super::{
     AccountChange, AccountInfo, AccountLimits, AccountSigningKey, DeleteRefusal, Disconnect,
-    JwtAuthError, JwtLoadError, JwtLogin, JwtRefusal, JwtUser, OperatorInfo, UpdateRefusal, times,
+    JwtAuthError, JwtLoadError, JwtLogin, JwtRefusal, JwtUser, OperatorInfo, ResolvedUser,
+    UpdateRefusal, times,
 };
 use crate::auth::nkey;
+use crate::permissions::explain::Origin;
 
 /// Trusted operators and loaded accounts. Cloning is cheap (accounts are
 /// shared); updates replace single accounts.
@@ -123,10 +125,33 @@ impl TrustStore {
         login: &JwtLogin<'_>,
         now: SystemTime,
     ) -> Result<JwtUser, JwtAuthError> {
+        self.login(login.jwt, Some(login), now)
+            .map(|resolved| resolved.user)
+    }
+
+    /// The user a JWT would log in as, for `natsgate explain`: the same
+    /// steps as [`TrustStore::authenticate`] (chain, scope and template,
+    /// `default_permissions`, account expiry, bearer, revocation) except
+    /// those that need a connection: the nonce signature (13), the source
+    /// address (15) and the connect times (16), which are described in the
+    /// notes instead.
+    pub fn resolve_user(&self, token: &str, now: SystemTime) -> Result<ResolvedUser, JwtAuthError> {
+        self.login(token, None, now)
+    }
+
+    /// Spec 2.3 steps 1-16; without `login`, 13, 15 and 16 become notes and
+    /// the origin of the permissions is worked out.
+    fn login(
+        &self,
+        token: &str,
+        login: Option<&JwtLogin<'_>>,
+        now: SystemTime,
+    ) -> Result<ResolvedUser, JwtAuthError> {
         use JwtRefusal as F;
         let fail = |kind, detail: &str| Err(JwtAuthError::new(kind, detail));
+        let mut notes = Vec::new();
         // 1. A user claim.
-        let Ok(user) = claims::decode::<User>(login.jwt) else {
+        let Ok(user) = claims::decode::<User>(token) else {
             return fail(F::UserJwtRequired, "");
         };
         // 2. proxy_required.
@@ -160,32 +185,76 @@ impl TrustStore {
             return fail(F::BearerNotAllowed, "");
         }
         // 12. Connection types.
-        if !connection_type_allowed(&limits.allowed_connection_types, login.connection_type) {
+        let connection_type = login.map_or("STANDARD", |l| l.connection_type);
+        if !connection_type_allowed(&limits.allowed_connection_types, connection_type) {
             return fail(F::ConnectionTypeNotAllowed, "");
         }
         // 13. Nonce signature, unless bearer.
-        if !limits.bearer_token {
-            nkey::verify_nonce_signature(&user.subject, login.nonce, login.sig)
-                .map_err(|e| JwtAuthError::new(F::Signature(e), ""))?;
+        if let Some(login) = login {
+            if !limits.bearer_token {
+                nkey::verify_nonce_signature(&user.subject, login.nonce, login.sig)
+                    .map_err(|e| JwtAuthError::new(F::Signature(e), ""))?;
+            }
+        } else if !limits.bearer_token {
+            notes.push("the nonce signature is checked at login (not by explain)".to_owned());
         }
         // 14. Revocation.
         if is_revoked(&account.revocations, &user.subject, user.issued_at) {
             return fail(F::Revoked, "");
         }
         // 15. Source address.
-        if !source_allowed(&limits.source, login.client_ip) {
-            return fail(F::SourceNotAllowed, &login.client_ip.to_string());
+        if let Some(login) = login {
+            if !source_allowed(&limits.source, login.client_ip) {
+                return fail(F::SourceNotAllowed, &login.client_ip.to_string());
+            }
+        } else if !limits.source.is_empty() {
+            notes.push(format!(
+                "logins are allowed only from {} (src; not checked by explain)",
+                limits.source.join(", ")
+            ));
         }
         // 16. Connect times.
-        let Ok(window_end) = times::window_end(&limits.times, &limits.times_location, now) else {
-            return fail(F::OutsideConnectTimes, "");
+        let window_end = match times::window_end(&limits.times, &limits.times_location, now) {
+            Ok(end) => end,
+            Err(_) if login.is_none() => {
+                notes.push("outside the user's connect times now (times)".to_owned());
+                None
+            }
+            Err(_) => return fail(F::OutsideConnectTimes, ""),
         };
         let user_exp = (user.expires > 0).then(|| from_unix(user.expires));
         let expires_at = match (user_exp, window_end) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        Ok(JwtUser {
+        let own_permissions = claims::Permissions {
+            publish: limits.publish.clone(),
+            subscribe: limits.subscribe.clone(),
+            response: limits.response,
+        };
+        let origin = match login {
+            Some(_) => Origin::UserJwt,
+            None if own_permissions.is_empty() => Origin::AccountDefault,
+            None => match account
+                .claims
+                .nats
+                .signing_keys
+                .iter()
+                .find(|k| k.key() == user.issuer)
+            {
+                Some(SigningKey::Scoped(scope)) => Origin::ScopedTemplate {
+                    signing_key: scope.key.clone(),
+                    role: scope.role.clone(),
+                    template: permissions_spec(&claims::Permissions {
+                        publish: scope.template.publish.clone(),
+                        subscribe: scope.template.subscribe.clone(),
+                        response: scope.template.response,
+                    }),
+                },
+                _ => Origin::UserJwt,
+            },
+        };
+        let user = JwtUser {
             permissions: Arc::new(permissions_of(&limits, &account.default_permissions)),
             subs: min_limit(limits.subs, account.limits.subs),
             payload: min_limit(limits.payload, account.limits.payload),
@@ -200,7 +269,12 @@ impl TrustStore {
             issued_at: user.issued_at,
             tags: user.nats.generic.tags,
             user_key: user.subject,
-            jwt: Arc::from(login.jwt),
+            jwt: Arc::from(token),
+        };
+        Ok(ResolvedUser {
+            user,
+            origin,
+            notes,
         })
     }
 
