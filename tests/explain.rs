@@ -8,11 +8,9 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use natsgate::permissions::explain::{Request, Rule, explain};
 use natsgate::permissions::{
@@ -23,7 +21,6 @@ use proptest::sample::select;
 
 use support::diff::{self, Lists};
 use support::jwt;
-use support::process::GateProcess;
 
 // === the differential check ===
 
@@ -492,7 +489,7 @@ fn the_binary_refuses_bad_input_with_status_2() {
 async fn get_explain_answers_the_same_decision_as_json() {
     let s = setup("[metrics]\naddr = \"127.0.0.1:0\"\n");
     let gate = support::process::spawn_gate_binary_at(&s.config, Some("info"));
-    let addr = metrics_addr(&gate).await;
+    let addr = gate.metrics_addr().await;
 
     let (status, body) = support::http_get(
         addr,
@@ -554,29 +551,4 @@ async fn get_explain_answers_the_same_decision_as_json() {
         assert!(body.contains("\"error\""), "{bad}: {body}");
     }
     drop(gate);
-}
-
-/// The metrics address from natsgate's `metrics listening addr=...` log line.
-async fn metrics_addr(gate: &GateProcess) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let found = gate.log_lines().iter().find_map(|l| {
-            if !l.contains("metrics") || !l.contains("listening") {
-                return None;
-            }
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .map(|a| a.trim_matches(|c| c == '"' || c == ','))
-                .and_then(|a| a.parse().ok())
-        });
-        if let Some(addr) = found {
-            return addr;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no `metrics listening addr=...` line in natsgate's log:\n{}",
-            gate.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -1095,7 +1095,7 @@ async fn sigterm_loses_no_accepted_pub() {
     let config = dir.path().join("natsgate.toml");
     std::fs::write(&config, &toml).expect("write config");
     let mut gate = spawn_gate_binary_at(&config, Some("info,natsgate=debug"));
-    let metrics = metrics_addr(&gate).await;
+    let metrics = gate.metrics_addr().await;
     let first = tokio::task::spawn_blocking(move || http_get(metrics, "/metrics"))
         .await
         .expect("scrape task");
@@ -1316,31 +1316,6 @@ async fn accepted_from_log(gate: &GateProcess) -> Option<u64> {
         if Instant::now() >= deadline {
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The `/metrics` address from natsgate's `metrics listening addr=...` log line.
-async fn metrics_addr(gate: &GateProcess) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let found = gate.log_lines().iter().find_map(|l| {
-            if !l.contains("metrics") || !l.contains("listening") {
-                return None;
-            }
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .map(|a| a.trim_matches(|c| c == '"' || c == ','))
-                .and_then(|a| a.parse().ok())
-        });
-        if let Some(addr) = found {
-            return addr;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no `metrics listening addr=...` line in natsgate's log:\n{}",
-            gate.log()
-        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::process::{GateProcess, spawn_gate_binary, spawn_gate_binary_at};
+use support::process::{spawn_gate_binary, spawn_gate_binary_at};
 use support::{Frame, NatsServer, RawClient, keys, quote_conf, quote_toml};
 
 const PASSWORD: &str = "report-only-pw";
@@ -115,7 +115,7 @@ async fn report_only_users_get_nats_servers_no_permission_behaviour() {
             user_toml(&strict, "strict")
         ),
     ));
-    let metrics = metrics_addr(&gate).await;
+    let metrics = gate.metrics_addr().await;
 
     // The reference: nats-server itself, a user without permissions.
     let mut reference = login(server.addr(), &direct).await;
@@ -247,7 +247,7 @@ async fn sighup_to_enforce_applies_to_connected_users() {
     let users = user_toml(&user, "svc");
     std::fs::write(&config, gate_toml(&server, "enforce = false", &users)).unwrap();
     let gate = spawn_gate_binary_at(&config, Some("info"));
-    let metrics = metrics_addr(&gate).await;
+    let metrics = gate.metrics_addr().await;
 
     let mut c = login(gate.addr, &user).await;
     c.send(b"SUB b.> 7\r\nPUB b.x 2\r\nhi\r\n").await;
@@ -305,31 +305,6 @@ async fn violations(metrics: SocketAddr, kind: &str, account: &str) -> f64 {
     body.lines()
         .find_map(|l| l.strip_prefix(&series))
         .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
-/// The metrics address from natsgate's `metrics listening addr=...` log line.
-async fn metrics_addr(gate: &GateProcess) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let found = gate.log_lines().iter().find_map(|l| {
-            if !l.contains("metrics") || !l.contains("listening") {
-                return None;
-            }
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-                .map(|a| a.trim_matches(|c| c == '"' || c == ','))
-                .and_then(|a| a.parse().ok())
-        });
-        if let Some(addr) = found {
-            return addr;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no `metrics listening addr=...` line in natsgate's log:\n{}",
-            gate.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,32 @@ impl GateProcess {
     }
 
     /// Every stderr line so far, joined.
+    /// The metrics address from natsgate's `metrics listening addr=...`
+    /// log line (waits up to 5 s for it).
+    pub async fn metrics_addr(&self) -> std::net::SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = self.log_lines().iter().find_map(|l| {
+                if !l.contains("metrics") || !l.contains("listening") {
+                    return None;
+                }
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                    .map(|a| a.trim_matches(|c| c == '"' || c == ','))
+                    .and_then(|a| a.parse().ok())
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `metrics listening addr=...` line in natsgate's log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn log(&self) -> String {
         self.log_lines().join("\n")
     }
