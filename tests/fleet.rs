@@ -324,8 +324,12 @@ async fn two_instances_share_the_bucket_on_a_three_node_cluster() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let (_, _, gone_user) = user(&gone, "survivor");
+    // B may have been connected to the node that went: what was published
+    // while it reconnected comes from the bucket once it watches again.
     assert!(
-        logs_in_within(b.addr(), &gone_user, WAIT).await.is_some(),
+        logs_in_within(b.addr(), &gone_user, Duration::from_secs(15))
+            .await
+            .is_some(),
         "B follows the bucket after the node loss"
     );
 

@@ -210,12 +210,19 @@ impl FleetStore {
             }
         };
         let reconnected = self.reconnected.clone();
+        // The first `Connected` is this client's own start; every later one
+        // is a reconnect. A permit is kept (`notify_one`) so a reconnect
+        // while the follower is busy is not lost.
+        let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         options = options
             .event_callback(move |event| {
                 let reconnected = reconnected.clone();
+                let started = started.clone();
                 async move {
-                    if matches!(event, async_nats::Event::Connected) {
-                        reconnected.notify_waiters();
+                    if matches!(event, async_nats::Event::Connected)
+                        && started.swap(true, std::sync::atomic::Ordering::SeqCst)
+                    {
+                        reconnected.notify_one();
                     }
                 }
             })
