@@ -16,9 +16,11 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::advisories::Advisories;
 use crate::auth::jwt::{Disconnect, JwtUser, TrustStore};
 use crate::auth::{AuthFailure, Authenticator, Identity};
 use crate::config::{Credential, PolicySettings, Settings};
+use crate::limits::{ConnectionCounts, ConnectionSlot, RateRegistry, Rates};
 use crate::metrics::Metrics;
 use crate::permissions::{PermissionSpec, Permissions};
 use crate::protocol::connect::ConnectOptions;
@@ -53,6 +55,15 @@ pub struct Gate {
     /// Where account JWTs pushed over NATS are kept (`accounts_dir`,
     /// `[jwt.kv]`).
     pub store: AccountStore,
+    /// `[advisories]`: events published upstream (off when not set).
+    pub advisories: Advisories,
+    /// The queue [`crate::advisories::run`] publishes, until taken.
+    advisory_queue: Mutex<Option<tokio::sync::mpsc::Receiver<crate::advisories::Event>>>,
+    /// `[limits]` rate buckets per user and per account (separate key
+    /// spaces: users by public key, accounts by `account:` + name).
+    rates: RateRegistry,
+    /// Open connections per user, for `[[limits.users]] max_connections`.
+    user_connections: Arc<ConnectionCounts>,
 }
 
 impl Gate {
@@ -78,8 +89,19 @@ impl Gate {
             settings.upstream.tls.clone(),
         );
         let store = AccountStore::new(&settings, &metrics);
+        let (advisories, advisory_queue) = match &settings.advisories {
+            Some(a) => {
+                let (advisories, rx) = Advisories::on(a, metrics.clone());
+                (advisories, Some(rx))
+            }
+            None => (Advisories::off(metrics.clone()), None),
+        };
         Ok(Gate {
             store,
+            advisories,
+            advisory_queue: Mutex::new(advisory_queue),
+            rates: RateRegistry::default(),
+            user_connections: Arc::default(),
             auth: ArcSwap::from_pointee(authenticator),
             auth_writer: Mutex::new(()),
             policy: ArcSwap::from_pointee(settings.policy.clone()),
@@ -167,6 +189,45 @@ impl Gate {
             gate: Some(self.clone()),
             account: jwt.account_key.clone(),
         })
+    }
+
+    /// The advisory queue for the publisher task (once; `None` without
+    /// `[advisories]`).
+    pub fn take_advisory_queue(
+        &self,
+    ) -> Option<tokio::sync::mpsc::Receiver<crate::advisories::Event>> {
+        self.advisory_queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Counts a connection against the user's `[[limits.users]]
+    /// max_connections` on this instance; `None` when it is reached.
+    pub fn user_slot(&self, identity: &Identity) -> Option<ConnectionSlot> {
+        let max = self
+            .settings
+            .limits
+            .for_user(&identity.user, &identity.name)
+            .and_then(|l| l.max_connections);
+        self.user_connections.open(&identity.user, max)
+    }
+
+    /// The rate buckets a session of `identity` draws from.
+    pub fn rates(&self, identity: &Identity) -> Rates {
+        let limits = &self.settings.limits;
+        let now = std::time::Instant::now();
+        let user = limits
+            .for_user(&identity.user, &identity.name)
+            .and_then(|l| self.rates.get(&identity.user, &l.rate, now));
+        let account_key = identity.jwt.as_ref().map_or("", |j| j.account_key.as_str());
+        let account = limits
+            .for_account(&identity.account_name, account_key)
+            .and_then(|l| {
+                self.rates
+                    .get(&format!("account:{}", l.account), &l.rate, now)
+            });
+        Rates::new(user, account)
     }
 
     fn authenticator(&self) -> Arc<Authenticator> {

@@ -38,10 +38,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod advisories;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod gate;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod permissions;

@@ -82,7 +82,11 @@ pub async fn run_on_workers(
         source,
     })?;
     let grace = settings.listen.shutdown_grace;
-    let gate = Arc::new(Gate::new(settings, authenticator, local, Metrics::new())?);
+    let metrics = match &settings.metrics {
+        Some(m) => Metrics::with_user_series(m.user_series, m.user_series_retention),
+        None => Metrics::new(),
+    };
+    let gate = Arc::new(Gate::new(settings, authenticator, local, metrics)?);
     if !gate.upstream.probe().await {
         warn!("no upstream server reachable at start; clients will be refused until one is");
     }
@@ -105,6 +109,19 @@ pub async fn run_on_workers(
                 "the account bucket was not read within {wait:?}; starting with the accounts of the files"
             );
         }
+    }
+    // The advisory publisher outlives the sessions: their last events
+    // (limit closes while draining) still go out.
+    let publisher = TaskTracker::new();
+    let publisher_stop = CancellationToken::new();
+    if let (Some(rx), Some(settings)) = (gate.take_advisory_queue(), &gate.settings.advisories) {
+        publisher.spawn(crate::advisories::run(
+            rx,
+            settings.clone(),
+            crate::upstream::ClientTarget::new(&gate.settings.upstream),
+            gate.metrics.clone(),
+            publisher_stop.clone(),
+        ));
     }
     // The metrics endpoint outlives the sessions: what they deliver while
     // they drain is counted and can still be scraped.
@@ -133,6 +150,9 @@ pub async fn run_on_workers(
     info!("shutting down");
     sessions.cancel();
     crate::shutdown::wait_for_sessions(tracker, grace).await;
+    publisher_stop.cancel();
+    publisher.close();
+    let _ = tokio::time::timeout(ENDPOINT_STOP, publisher.wait()).await;
     endpoint_stop.cancel();
     endpoint.close();
     let _ = tokio::time::timeout(ENDPOINT_STOP, endpoint.wait()).await;

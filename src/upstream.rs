@@ -460,3 +460,74 @@ type UpstreamStream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStrea
 /// The longest control line natsgate accepts from an upstream server, at
 /// login and while relaying (an INFO can list many cluster URLs).
 pub const UPSTREAM_MAX_LINE: usize = 1024 * 1024;
+
+/// Where and how natsgate's own `async-nats` clients (the account store,
+/// the advisory publisher) log in: the upstream servers with the default
+/// credential and `[upstream.tls]`.
+#[derive(Clone)]
+pub struct ClientTarget {
+    servers: Vec<String>,
+    credential: Credential,
+    tls: Option<rustls::ClientConfig>,
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClientTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTarget")
+            .field("servers", &self.servers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTarget {
+    pub fn new(upstream: &crate::config::UpstreamSettings) -> ClientTarget {
+        let any_tls = upstream.tls.is_some() || upstream.servers.iter().any(|s| s.tls);
+        let tls = any_tls
+            .then(|| crate::tls::client_config(upstream.tls.as_ref()).ok())
+            .flatten()
+            .map(|c| (*c).clone());
+        ClientTarget {
+            servers: upstream.servers.iter().map(|s| s.url.clone()).collect(),
+            credential: upstream.credential.clone(),
+            tls,
+            connect_timeout: upstream.connect_timeout,
+        }
+    }
+
+    /// Connect options with the credential, TLS and timeout set, reconnecting
+    /// for ever.
+    pub fn options(&self, name: &str) -> Result<async_nats::ConnectOptions, String> {
+        let mut options = match &self.credential {
+            Credential::UserPassword { user, password } => async_nats::ConnectOptions::new()
+                .user_and_password(user.clone(), password.expose().to_owned()),
+            Credential::Token(token) => {
+                async_nats::ConnectOptions::new().token(token.expose().to_owned())
+            }
+            Credential::Nkey { seed } => {
+                async_nats::ConnectOptions::new().nkey(seed.expose().to_owned())
+            }
+            Credential::Creds { jwt, seed } => {
+                let kp =
+                    Arc::new(nkeys::KeyPair::from_seed(seed.expose()).map_err(|e| e.to_string())?);
+                async_nats::ConnectOptions::with_jwt(jwt.clone(), move |nonce| {
+                    let kp = kp.clone();
+                    async move { kp.sign(&nonce).map_err(async_nats::AuthError::new) }
+                })
+            }
+        };
+        options = options
+            .name(name)
+            .connection_timeout(self.connect_timeout)
+            .max_reconnects(None);
+        if let Some(tls) = &self.tls {
+            options = options.require_tls(true).tls_client_config(tls.clone());
+        }
+        Ok(options)
+    }
+
+    /// The servers, for `ConnectOptions::connect`.
+    pub fn servers(&self) -> Vec<async_nats::ServerAddr> {
+        self.servers.iter().filter_map(|s| s.parse().ok()).collect()
+    }
+}

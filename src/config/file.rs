@@ -26,6 +26,9 @@ pub(super) struct FileConfig {
     pub jetstream: JetStreamFile,
     #[serde(default)]
     pub policy: PolicyFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    pub advisories: Option<AdvisoriesFile>,
 }
 
 /// `[listen]`
@@ -234,6 +237,50 @@ pub(super) struct PolicyFile {
 #[serde(deny_unknown_fields)]
 pub(super) struct MetricsFile {
     pub addr: String,
+    pub user_series: Option<usize>,
+    pub user_series_retention: Option<String>,
+}
+
+/// `[limits]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LimitsFile {
+    pub close_after: Option<String>,
+    #[serde(default)]
+    pub users: Vec<UserLimitFile>,
+    #[serde(default)]
+    pub accounts: Vec<AccountLimitFile>,
+}
+
+/// `[[limits.users]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UserLimitFile {
+    pub user: String,
+    pub msgs_per_second: Option<u64>,
+    pub bytes_per_second: Option<u64>,
+    pub burst_msgs: Option<u64>,
+    pub burst_bytes: Option<u64>,
+    pub max_connections: Option<u32>,
+}
+
+/// `[[limits.accounts]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AccountLimitFile {
+    pub account: String,
+    pub msgs_per_second: Option<u64>,
+    pub bytes_per_second: Option<u64>,
+    pub burst_msgs: Option<u64>,
+    pub burst_bytes: Option<u64>,
+}
+
+/// `[advisories]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AdvisoriesFile {
+    pub subject: String,
+    pub max_per_second: Option<u64>,
 }
 
 /// `[log]`

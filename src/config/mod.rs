@@ -45,6 +45,10 @@ pub struct Settings {
     /// `[policy]`: enforce permissions, or only report what they would
     /// refuse (issue 16). Applied again on SIGHUP.
     pub policy: PolicySettings,
+    /// `[limits]`: rate limits and per-user connection limits (issue 16).
+    pub limits: LimitsSettings,
+    /// `[advisories]`: violation events published upstream, when set.
+    pub advisories: Option<AdvisorySettings>,
     /// The directory of the config file (absolute when loaded from a file);
     /// relative paths in the file were resolved against it.
     pub base_dir: PathBuf,
@@ -182,6 +186,78 @@ pub struct StaticUser {
 pub struct MetricsSettings {
     /// A socket address or `host:port`.
     pub addr: String,
+    /// Users with their own `natsgate_user_*` series (default 100).
+    pub user_series: usize,
+    /// How long a user who left keeps its series (default 5m).
+    pub user_series_retention: Duration,
+}
+
+/// `[limits]`: per-user and per-account rate limits, counted per natsgate
+/// instance (see `limits`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LimitsSettings {
+    /// Close a client that stays throttled this long (default: never).
+    pub close_after: Option<Duration>,
+    /// `[[limits.users]]`: by user name or public key; `"*"` is every user
+    /// without an entry of its own.
+    pub users: Vec<UserLimit>,
+    /// `[[limits.accounts]]`: by account name or public key.
+    pub accounts: Vec<AccountLimit>,
+}
+
+impl LimitsSettings {
+    /// The entry of a user (public key, name): its own, else `"*"`.
+    pub fn for_user(&self, key: &str, name: &str) -> Option<&UserLimit> {
+        let named = |e: &&UserLimit| e.user == key || (!name.is_empty() && e.user == name);
+        self.users
+            .iter()
+            .find(named)
+            .or_else(|| self.users.iter().find(|e| e.user == "*"))
+    }
+
+    /// The entry of an account (name, public key).
+    pub fn for_account(&self, name: &str, key: &str) -> Option<&AccountLimit> {
+        self.accounts.iter().find(|e| {
+            (!name.is_empty() && e.account == name) || (!key.is_empty() && e.account == key)
+        })
+    }
+}
+
+/// A rate: messages and/or payload bytes per second, each with a burst
+/// (default a tenth of a second at the rate).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RateLimit {
+    pub msgs_per_second: Option<u64>,
+    pub bytes_per_second: Option<u64>,
+    pub burst_msgs: Option<u64>,
+    pub burst_bytes: Option<u64>,
+}
+
+/// `[[limits.users]]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserLimit {
+    pub user: String,
+    pub rate: RateLimit,
+    /// Connections of this user open at once on this instance.
+    pub max_connections: Option<u32>,
+}
+
+/// `[[limits.accounts]]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountLimit {
+    pub account: String,
+    pub rate: RateLimit,
+}
+
+/// `[advisories]`: every violation, would-be violation, auth failure and
+/// limit close published upstream as a JSON event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdvisorySettings {
+    /// The subject prefix: an event goes to `<subject>.<advisory>`.
+    pub subject: String,
+    /// Events published per second at most (default 100); the rest are
+    /// dropped and counted.
+    pub max_per_second: u64,
 }
 
 /// `[policy]`: report-only mode for the whole deployment, some accounts or
@@ -294,6 +370,12 @@ pub enum ConfigError {
 
 /// The port used when an upstream server is given without one.
 pub const DEFAULT_NATS_PORT: u16 = 4222;
+/// Users with their own `natsgate_user_*` series, by default.
+pub const DEFAULT_USER_SERIES: usize = 100;
+/// How long a user who left keeps its entry (and series), by default.
+pub const DEFAULT_USER_SERIES_RETENTION: Duration = Duration::from_secs(300);
+/// `[advisories] max_per_second` by default.
+pub const DEFAULT_ADVISORY_RATE: u64 = 100;
 pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
 /// nats-server's `MAX_CONTROL_LINE_SIZE`.

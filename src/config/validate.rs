@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use super::creds::{parse_creds, parse_seed_file};
 use super::file::{
-    AllowResponsesFile, CredentialFile, FileConfig, JwtFile, KvFile, ListenFile, LogFile,
-    LogFormatFile, PermissionsFile, PolicyFile, SubjectRulesFile, UpstreamFile, UserFile,
+    AdvisoriesFile, AllowResponsesFile, CredentialFile, FileConfig, JwtFile, KvFile, LimitsFile,
+    ListenFile, LogFile, LogFormatFile, PermissionsFile, PolicyFile, SubjectRulesFile,
+    UpstreamFile, UserFile,
 };
 use super::values::{
     check_host_port, check_permission_subject, check_user_public_key, default_server_name,
@@ -56,7 +57,15 @@ impl Context<'_> {
                 .map(|metrics| {
                     check_host_port(&metrics.addr, true)
                         .map_err(|problem| self.invalid("metrics.addr", problem))?;
-                    Ok(MetricsSettings { addr: metrics.addr })
+                    Ok(MetricsSettings {
+                        user_series: metrics.user_series.unwrap_or(DEFAULT_USER_SERIES),
+                        user_series_retention: self.duration(
+                            "metrics.user_series_retention",
+                            metrics.user_series_retention.as_deref(),
+                            DEFAULT_USER_SERIES_RETENTION,
+                        )?,
+                        addr: metrics.addr,
+                    })
                 })
                 .transpose()?,
             log: self.log(&model.log)?,
@@ -64,6 +73,12 @@ impl Context<'_> {
                 guard: model.jetstream.guard,
             },
             policy: self.policy(&model.policy)?,
+            limits: self.limits(&model.limits)?,
+            advisories: model
+                .advisories
+                .as_ref()
+                .map(|a| self.advisories(a))
+                .transpose()?,
             base_dir: self.base_dir.to_path_buf(),
             source: None,
         })
@@ -89,6 +104,120 @@ impl Context<'_> {
             enforce: policy.enforce.unwrap_or(true),
             report_only_accounts: policy.report_only_accounts.clone(),
             report_only_users: policy.report_only_users.clone(),
+        })
+    }
+
+    // === [limits] and [advisories] ===
+
+    fn limits(&self, limits: &LimitsFile) -> Result<LimitsSettings, ConfigError> {
+        let close_after = match &limits.close_after {
+            None => None,
+            Some(text) => {
+                let d = self.duration("limits.close_after", Some(text), Duration::ZERO)?;
+                if d.is_zero() {
+                    return Err(self.invalid("limits.close_after", "must be more than 0s"));
+                }
+                Some(d)
+            }
+        };
+        let mut users = Vec::new();
+        for (i, entry) in limits.users.iter().enumerate() {
+            let key = format!("limits.users[{i}]");
+            self.limit_name(&key, "user", &entry.user)?;
+            if users.iter().any(|u: &UserLimit| u.user == entry.user) {
+                return Err(self.invalid(key, format!("user {:?} listed twice", entry.user)));
+            }
+            users.push(UserLimit {
+                user: entry.user.clone(),
+                rate: self.rate(
+                    &key,
+                    RateLimit {
+                        msgs_per_second: entry.msgs_per_second,
+                        bytes_per_second: entry.bytes_per_second,
+                        burst_msgs: entry.burst_msgs,
+                        burst_bytes: entry.burst_bytes,
+                    },
+                )?,
+                max_connections: entry.max_connections,
+            });
+        }
+        let mut accounts = Vec::new();
+        for (i, entry) in limits.accounts.iter().enumerate() {
+            let key = format!("limits.accounts[{i}]");
+            self.limit_name(&key, "account", &entry.account)?;
+            if accounts
+                .iter()
+                .any(|a: &AccountLimit| a.account == entry.account)
+            {
+                return Err(self.invalid(key, format!("account {:?} listed twice", entry.account)));
+            }
+            accounts.push(AccountLimit {
+                account: entry.account.clone(),
+                rate: self.rate(
+                    &key,
+                    RateLimit {
+                        msgs_per_second: entry.msgs_per_second,
+                        bytes_per_second: entry.bytes_per_second,
+                        burst_msgs: entry.burst_msgs,
+                        burst_bytes: entry.burst_bytes,
+                    },
+                )?,
+            });
+        }
+        Ok(LimitsSettings {
+            close_after,
+            users,
+            accounts,
+        })
+    }
+
+    fn limit_name(&self, key: &str, field: &str, name: &str) -> Result<(), ConfigError> {
+        if name.trim().is_empty() || name.trim() != name {
+            return Err(self.invalid(
+                format!("{key}.{field}"),
+                format!("{name:?}: a name or public key, without blanks around it"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn rate(&self, key: &str, rate: RateLimit) -> Result<RateLimit, ConfigError> {
+        for (field, value) in [
+            ("msgs_per_second", rate.msgs_per_second),
+            ("bytes_per_second", rate.bytes_per_second),
+            ("burst_msgs", rate.burst_msgs),
+            ("burst_bytes", rate.burst_bytes),
+        ] {
+            if value == Some(0) {
+                return Err(self.invalid(format!("{key}.{field}"), "must be at least 1"));
+            }
+        }
+        if rate.burst_msgs.is_some() && rate.msgs_per_second.is_none() {
+            return Err(self.invalid(format!("{key}.burst_msgs"), "needs msgs_per_second"));
+        }
+        if rate.burst_bytes.is_some() && rate.bytes_per_second.is_none() {
+            return Err(self.invalid(format!("{key}.burst_bytes"), "needs bytes_per_second"));
+        }
+        Ok(rate)
+    }
+
+    fn advisories(&self, advisories: &AdvisoriesFile) -> Result<AdvisorySettings, ConfigError> {
+        if !crate::protocol::subject::is_valid_literal_subject(advisories.subject.as_bytes()) {
+            return Err(self.invalid(
+                "advisories.subject",
+                format!(
+                    "{:?} is not a subject without wildcards",
+                    advisories.subject
+                ),
+            ));
+        }
+        let max_per_second = advisories.max_per_second.unwrap_or(DEFAULT_ADVISORY_RATE);
+        if max_per_second == 0 {
+            return Err(self.invalid("advisories.max_per_second", "must be at least 1"));
+        }
+        Ok(AdvisorySettings {
+            subject: advisories.subject.clone(),
+            max_per_second,
         })
     }
 

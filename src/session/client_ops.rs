@@ -16,7 +16,6 @@ use super::pieces::{Pieces, Scanned, scan};
 use super::relay::Relay;
 use super::subs::Delivery;
 use super::{post_auth_check, until};
-use crate::gate::Gate;
 use crate::metrics::Direction;
 use crate::permissions::explain;
 use crate::permissions::{Authorizer, PublishDecision, reserved_publish, reserved_subscribe};
@@ -33,14 +32,9 @@ enum Stop {
     /// A JetStream request waits for its stream's subjects (see
     /// [`super::jetstream`]); the rest of the input waits with it.
     Hold,
-}
-
-/// A report-only user sent a frame its permissions refuse; it goes on.
-/// One advisory (with the rule that would have refused it) and one count
-/// of `natsgate_permission_violations_total{kind="would_deny"}`.
-fn would_deny(gate: &Gate, user: &super::relay::User, request: explain::Request<'_>) {
-    gate.metrics.would_deny(&user.identity.account_name);
-    advisory::permission(Kind::WouldDeny, &user.identity, user.peer, request);
+    /// A `[limits]` rate is used up until then: this PUB and the rest of
+    /// the input wait, unread (back-pressure, no error).
+    Throttle(std::time::Instant),
 }
 
 /// The subject natsgate answers itself (spec 9.4).
@@ -66,6 +60,7 @@ impl Relay {
             // A JetStream request waits for its stream's subjects; the
             // frames after it stay in the input until it is settled.
             Scanned::Stopped(Stop::Hold) => (None, Ok(())),
+            Scanned::Stopped(Stop::Throttle(until)) => (None, self.throttled(until, now)),
             Scanned::Error(e) => {
                 debug!(error = e.reason(), "client protocol error");
                 let error = e.error_text().map(Bytes::from_static);
@@ -80,10 +75,30 @@ impl Relay {
             &mut self.upstream.out,
         );
         self.pubs_accepted += messages;
+        let stats = self.user.stats.stats();
         self.gate
             .metrics
-            .relayed(Direction::ClientToUpstream, messages, bytes);
+            .relayed(stats, Direction::ClientToUpstream, messages, bytes);
         result
+    }
+
+    /// A rate is used up until `until`: stop reading the client until
+    /// then; close it when it has been throttled without a pause for
+    /// `[limits] close_after`.
+    fn throttled(
+        &mut self,
+        until: std::time::Instant,
+        now: std::time::Instant,
+    ) -> Result<(), Close> {
+        self.gate.metrics.rate_limited();
+        let since = self.throttle.start(until, now);
+        let close_after = self.gate.settings.limits.close_after;
+        if close_after.is_some_and(|after| now.duration_since(since) >= after) {
+            let detail = "over its rate limit for longer than close_after";
+            advisory::limit_close(&self.gate, advisory::Client::of(&self.user), "rate", detail);
+            return Err(Close::Gate { error: None });
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -129,6 +144,9 @@ impl Relay {
                 total_len: payload_len,
                 ..
             } => {
+                if let Err(until) = self.rates.take(payload_len as u64, now) {
+                    return ControlFlow::Break(Stop::Throttle(until));
+                }
                 if user.opts.pedantic && !is_valid_literal_subject(subject) {
                     let err = Bytes::from_static(encode::ERR_INVALID_PUBLISH_SUBJECT);
                     order.frame(err, out);
@@ -140,7 +158,7 @@ impl Relay {
                     decision = reserved_publish(subject, reply, user.identity.system_account);
                     if decision == PublishDecision::Allow {
                         let request = explain::Request::Publish { subject, reply };
-                        would_deny(&self.gate, user, request);
+                        advisory::record(&self.gate, user, Kind::WouldDeny, request);
                     }
                 }
                 match decision {
@@ -199,19 +217,13 @@ impl Relay {
                     }
                     PublishDecision::DenySubject => {
                         order.frame(encode::publish_violation(subject), out);
-                        self.gate
-                            .metrics
-                            .publish_denied(&user.identity.account_name);
                         let request = explain::Request::Publish { subject, reply };
-                        advisory::permission(Kind::Violation, &user.identity, user.peer, request);
+                        advisory::record(&self.gate, user, Kind::Violation, request);
                     }
                     PublishDecision::DenyReply => {
                         order.frame(encode::reply_violation(reply.unwrap_or_default()), out);
-                        self.gate
-                            .metrics
-                            .publish_denied(&user.identity.account_name);
                         let request = explain::Request::Publish { subject, reply };
-                        advisory::permission(Kind::Violation, &user.identity, user.peer, request);
+                        advisory::record(&self.gate, user, Kind::Violation, request);
                     }
                 }
             }
@@ -222,20 +234,14 @@ impl Relay {
             } => {
                 let mut allowed = user.authz.check_subscribe(subject, queue);
                 if !allowed && user.authz.report_only() && reserved_subscribe(queue) {
-                    would_deny(
-                        &self.gate,
-                        user,
-                        explain::Request::Subscribe { subject, queue },
-                    );
+                    let request = explain::Request::Subscribe { subject, queue };
+                    advisory::record(&self.gate, user, Kind::WouldDeny, request);
                     allowed = true;
                 }
                 if !allowed {
                     order.frame(encode::subscribe_violation(subject, queue), out);
-                    self.gate
-                        .metrics
-                        .subscribe_denied(&user.identity.account_name);
                     let request = explain::Request::Subscribe { subject, queue };
-                    advisory::permission(Kind::Violation, &user.identity, user.peer, request);
+                    advisory::record(&self.gate, user, Kind::Violation, request);
                 } else if user
                     .identity
                     .max_subscriptions
@@ -313,8 +319,9 @@ impl Relay {
             Ok(identity) => identity,
             Err(failure) => {
                 let nkey = opts.nkey.as_deref();
-                advisory::auth_failure(user.peer, failure.reason.label(), &failure.detail, nkey);
-                self.gate.metrics.auth_failed(failure.reason);
+                let client = advisory::Client::of(user);
+                let (reason, detail) = (failure.reason, &failure.detail);
+                advisory::auth_failure(&self.gate, client, reason, detail, nkey);
                 let error = Some(Bytes::from_static(encode::ERR_AUTH_VIOLATION));
                 return ControlFlow::Break(Close::Gate { error });
             }

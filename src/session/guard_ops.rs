@@ -139,6 +139,7 @@ impl Relay {
                 self.upstream.out.push(held.frame);
                 self.pubs_accepted += 1;
                 self.gate.metrics.relayed(
+                    self.user.stats.stats(),
                     crate::metrics::Direction::ClientToUpstream,
                     1,
                     held.payload_len as u64,
@@ -189,7 +190,7 @@ impl Relay {
     ) -> Vec<Bytes> {
         self.gate
             .metrics
-            .jetstream_denied(&self.user.identity.account_name);
+            .jetstream_denied(self.user.stats.stats(), &self.user.identity.account_name);
         debug!(
             user = %self.user.identity.user,
             subject = %String::from_utf8_lossy(subject),

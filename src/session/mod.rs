@@ -107,6 +107,9 @@ pub(crate) struct Authenticated {
     pub client_id: u64,
     /// Held for the session's life: its place in the account `conn` count.
     pub slot: AccountSlot,
+    /// Held for the session's life: its place in the user's
+    /// `[[limits.users]] max_connections` count.
+    pub user_slot: crate::limits::ConnectionSlot,
 }
 
 /// The client connection during the handshake: plain, or TLS (tokio-rustls
@@ -198,13 +201,14 @@ async fn handshake(
             && first != b'C'
             && first != b'c'
         {
+            let who = advisory::Client::at(peer, client_id);
             advisory::auth_failure(
-                peer,
-                Reason::NoConnect.label(),
+                gate,
+                who,
+                Reason::NoConnect,
                 "operation before CONNECT",
                 None,
             );
-            gate.metrics.auth_failed(Reason::NoConnect);
             close_with(&mut client, encode::ERR_AUTH_VIOLATION).await;
             return None;
         }
@@ -232,8 +236,8 @@ async fn handshake(
                     _ = shutdown.cancelled() => return None,
                     read = timeout_at(deadline, client.read_buf(&mut cin)) => match read {
                         Err(_) => {
-                            advisory::auth_failure(peer, Reason::Timeout.label(), "no CONNECT in time", None);
-                            gate.metrics.auth_failed(Reason::Timeout);
+                            let who = advisory::Client::at(peer, client_id);
+                            advisory::auth_failure(gate, who, Reason::Timeout, "no CONNECT in time", None);
                             close_with(&mut client, encode::ERR_AUTH_TIMEOUT).await;
                             return None;
                         }
@@ -255,8 +259,8 @@ async fn handshake(
         Ok(identity) => identity,
         Err(failure) => {
             let nkey = opts.nkey.as_deref();
-            advisory::auth_failure(peer, failure.reason.label(), &failure.detail, nkey);
-            gate.metrics.auth_failed(failure.reason);
+            let who = advisory::Client::connecting(peer, client_id, &opts);
+            advisory::auth_failure(gate, who, failure.reason, &failure.detail, nkey);
             close_with(&mut client, encode::ERR_AUTH_VIOLATION).await;
             return None;
         }
@@ -264,13 +268,8 @@ async fn handshake(
     if let Some(text) = post_auth_check(&opts, facts.headers) {
         if text == encode::ERR_AUTH_VIOLATION {
             let nkey = opts.nkey.as_deref();
-            advisory::auth_failure(
-                peer,
-                Reason::AccountField.label(),
-                "account in CONNECT",
-                nkey,
-            );
-            gate.metrics.auth_failed(Reason::AccountField);
+            let who = advisory::Client::connecting(peer, client_id, &opts);
+            advisory::auth_failure(gate, who, Reason::AccountField, "account in CONNECT", nkey);
         }
         close_with(&mut client, text).await;
         return None;
@@ -278,9 +277,19 @@ async fn handshake(
     let Some(slot) = gate.account_slot(&identity) else {
         let detail = "account connection limit reached";
         let nkey = opts.nkey.as_deref();
-        advisory::auth_failure(peer, Reason::AccountConnections.label(), detail, nkey);
-        gate.metrics.auth_failed(Reason::AccountConnections);
+        let who = advisory::Client::connecting(peer, client_id, &opts);
+        advisory::auth_failure(gate, who, Reason::AccountConnections, detail, nkey);
         close_with(&mut client, encode::ERR_MAX_ACCOUNT_CONNECTIONS).await;
+        return None;
+    };
+    let Some(user_slot) = gate.user_slot(&identity) else {
+        let who = advisory::Client {
+            identity: Some(&identity),
+            ..advisory::Client::connecting(peer, client_id, &opts)
+        };
+        let detail = "the user's max_connections on this instance reached";
+        advisory::limit_close(gate, who, "user_connections", detail);
+        close_with(&mut client, encode::ERR_MAX_CONNECTIONS).await;
         return None;
     };
     let span = tracing::Span::current();
@@ -314,6 +323,7 @@ async fn handshake(
         peer,
         client_id,
         slot,
+        user_slot,
     };
     Some(Relay::new(
         gate.clone(),

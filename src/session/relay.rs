@@ -36,7 +36,9 @@ use super::subs::Subscriptions;
 use super::{Authenticated, Close, until};
 use crate::auth::Identity;
 use crate::gate::{AccountSlot, Gate};
+use crate::limits::{ConnectionSlot, Rates};
 use crate::metrics::Stuck;
+use crate::metrics::users::UserHandle;
 use crate::permissions::Authorizer;
 use crate::protocol::client::ClientLimits;
 use crate::protocol::connect::ConnectOptions;
@@ -76,6 +78,45 @@ pub(super) struct User {
     pub limits: ClientLimits,
     pub user_expiry: Option<Instant>,
     pub account_expiry: Option<Instant>,
+    /// The user's per-user counters (`natsgate_user_*`).
+    pub stats: UserHandle,
+}
+
+/// How long a throttled client may go unthrottled and still count as
+/// throttled "without a pause" for `[limits] close_after`.
+const THROTTLE_PAUSE: Duration = Duration::from_secs(1);
+
+/// A session's `[limits]` rate state.
+#[derive(Debug, Default)]
+pub(super) struct Throttle {
+    /// The client is not read until then.
+    pub until: Option<Instant>,
+    /// Since when it has been throttled without a pause.
+    since: Option<std::time::Instant>,
+    /// When the last throttle ended (or ends).
+    last_end: Option<std::time::Instant>,
+}
+
+impl Throttle {
+    /// Throttled from `now` until `until`. Returns since when the client
+    /// has been throttled with no pause longer than [`THROTTLE_PAUSE`].
+    pub fn start(
+        &mut self,
+        until: std::time::Instant,
+        now: std::time::Instant,
+    ) -> std::time::Instant {
+        let continuing = self
+            .last_end
+            .is_some_and(|end| now.saturating_duration_since(end) <= THROTTLE_PAUSE);
+        let since = match self.since {
+            Some(since) if continuing => since,
+            _ => now,
+        };
+        self.since = Some(since);
+        self.last_end = Some(until);
+        self.until = Some(Instant::from_std(until));
+        since
+    }
 }
 
 /// natsgate's own keep-alive PINGs to the client.
@@ -107,6 +148,9 @@ pub struct Relay {
     pub(super) own: OwnAnswers,
     /// The JetStream guard's state; `None` unless `[jetstream] guard`.
     pub(super) js: Option<Box<JsGuard>>,
+    /// The `[limits]` buckets this session draws from, and its throttle.
+    pub(super) rates: Rates,
+    pub(super) throttle: Throttle,
     /// Changes after every account update and config reload (taken by the
     /// relay loop).
     accounts: Option<watch::Receiver<u64>>,
@@ -120,6 +164,7 @@ pub struct Relay {
     timer: Pin<Box<Sleep>>,
     timer_at: Instant,
     _slot: AccountSlot,
+    _user_slot: ConnectionSlot,
 }
 
 impl Relay {
@@ -137,6 +182,7 @@ impl Relay {
             peer,
             client_id,
             slot,
+            user_slot,
         } = login;
         let now = Instant::now();
         let next_ping = now + PING_INTERVAL;
@@ -154,7 +200,12 @@ impl Relay {
         };
         let mut authz = Authorizer::new(identity.permissions.clone(), identity.system_account);
         authz.set_report_only(gate.report_only(&identity));
+        let stats = gate
+            .metrics
+            .user(&identity.user, &identity.name, &identity.account_name);
+        let rates = gate.rates(&identity);
         let user = User {
+            stats,
             authz,
             user_expiry: identity.expires_at.map(|t| now + until(t)),
             account_expiry: identity.account_expires_at.map(|t| now + until(t)),
@@ -183,11 +234,14 @@ impl Relay {
             pubs_accepted: 0,
             own: OwnAnswers::default(),
             js: None,
+            rates,
+            throttle: Throttle::default(),
             closing_at: None,
             grace_end: None,
             timer: Box::pin(sleep_until(next_ping)),
             timer_at: next_ping,
             _slot: slot,
+            _user_slot: user_slot,
         };
         if guard {
             relay.js = Some(Box::default());
@@ -236,8 +290,10 @@ impl Relay {
             // A JetStream request waiting for its stream's subjects holds
             // the client's later frames behind it.
             let holding = self.js.as_ref().is_some_and(|js| js.holding());
-            let read_client =
-                !holding && self.upstream.out.len() < HIGH_WATER && to_client < HIGH_WATER;
+            let read_client = !holding
+                && self.throttle.until.is_none()
+                && self.upstream.out.len() < HIGH_WATER
+                && to_client < HIGH_WATER;
             let read_upstream = self.client.out.len() < HIGH_WATER;
             // One timer for every deadline, moved only when the earliest
             // one changes (not re-armed per event). A deadline already due
@@ -311,6 +367,7 @@ impl Relay {
             self.client.stalled_at(WRITE_DEADLINE),
             self.upstream.stalled_at(WRITE_DEADLINE),
             self.js.as_ref().and_then(|js| js.deadline()),
+            self.throttle.until,
         ]
         .into_iter()
         .flatten()
@@ -351,6 +408,11 @@ impl Relay {
         if passed(self.js.as_ref().and_then(|js| js.deadline())) {
             self.lookup_timed_out();
             return Ok(());
+        }
+        if passed(self.throttle.until) {
+            // The tokens are there: the frames that waited, then reading.
+            self.throttle.until = None;
+            return self.process_client();
         }
         if self.keepalive.next <= now {
             return self.ping_client();

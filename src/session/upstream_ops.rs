@@ -53,13 +53,17 @@ impl Relay {
             needed,
             &mut self.client.out,
         );
-        self.gate
-            .metrics
-            .relayed(Direction::UpstreamToClient, handed.0, handed.1);
+        self.gate.metrics.relayed(
+            self.user.stats.stats(),
+            Direction::UpstreamToClient,
+            handed.0,
+            handed.1,
+        );
         let would_filter = self.user.authz.take_would_filter();
         if would_filter > 0 {
             let account = &self.user.identity.account_name;
-            self.gate.metrics.would_filter(account, would_filter);
+            let stats = self.user.stats.stats();
+            self.gate.metrics.would_filter(stats, account, would_filter);
         }
         result
     }

@@ -18,8 +18,9 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 
 use crate::auth::jwt::claims;
-use crate::config::{Credential, KvSettings, UpstreamSettings};
+use crate::config::{KvSettings, UpstreamSettings};
 use crate::metrics::Metrics;
+use crate::upstream::ClientTarget;
 
 /// A JWT larger than this is not written to, or read from, the bucket.
 pub const MAX_VALUE: usize = claims::MAX_TOKEN_SIZE;
@@ -32,10 +33,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The bucket of `[jwt.kv]` and whether it can be reached.
 pub struct FleetStore {
     pub settings: KvSettings,
-    servers: Vec<String>,
-    credential: Credential,
-    tls: Option<rustls::ClientConfig>,
-    connect_timeout: Duration,
+    target: ClientTarget,
     /// The open bucket, once reached. Replaced when re-opened.
     bucket: tokio::sync::RwLock<Option<kv::Store>>,
     status: Mutex<FleetStatus>,
@@ -50,7 +48,7 @@ impl std::fmt::Debug for FleetStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetStore")
             .field("settings", &self.settings)
-            .field("servers", &self.servers)
+            .field("target", &self.target)
             .finish_non_exhaustive()
     }
 }
@@ -68,17 +66,9 @@ pub struct FleetStatus {
 
 impl FleetStore {
     pub fn new(settings: KvSettings, upstream: &UpstreamSettings, metrics: Metrics) -> FleetStore {
-        let any_tls = upstream.tls.is_some() || upstream.servers.iter().any(|s| s.tls);
-        let tls = any_tls
-            .then(|| crate::tls::client_config(upstream.tls.as_ref()).ok())
-            .flatten()
-            .map(|c| (*c).clone());
         FleetStore {
             settings,
-            servers: upstream.servers.iter().map(|s| s.url.clone()).collect(),
-            credential: upstream.credential.clone(),
-            tls,
-            connect_timeout: upstream.connect_timeout,
+            target: ClientTarget::new(upstream),
             bucket: tokio::sync::RwLock::new(None),
             status: Mutex::new(FleetStatus {
                 problem: "not connected yet".into(),
@@ -190,25 +180,7 @@ impl FleetStore {
     }
 
     async fn connect(&self) -> Result<async_nats::Client, String> {
-        let mut options = match &self.credential {
-            Credential::UserPassword { user, password } => async_nats::ConnectOptions::new()
-                .user_and_password(user.clone(), password.expose().to_owned()),
-            Credential::Token(token) => {
-                async_nats::ConnectOptions::new().token(token.expose().to_owned())
-            }
-            Credential::Nkey { seed } => {
-                async_nats::ConnectOptions::new().nkey(seed.expose().to_owned())
-            }
-            Credential::Creds { jwt, seed } => {
-                let kp = std::sync::Arc::new(
-                    nkeys::KeyPair::from_seed(seed.expose()).map_err(|e| e.to_string())?,
-                );
-                async_nats::ConnectOptions::with_jwt(jwt.clone(), move |nonce| {
-                    let kp = kp.clone();
-                    async move { kp.sign(&nonce).map_err(async_nats::AuthError::new) }
-                })
-            }
-        };
+        let mut options = self.target.options("natsgate account store")?;
         let reconnected = self.reconnected.clone();
         // The first `Connected` is this client's own start; every later one
         // is a reconnect. A permit is kept (`notify_one`) so a reconnect
@@ -226,16 +198,8 @@ impl FleetStore {
                     }
                 }
             })
-            .name("natsgate account store")
-            .connection_timeout(self.connect_timeout)
-            .request_timeout(Some(REQUEST_TIMEOUT))
-            .max_reconnects(None);
-        if let Some(tls) = &self.tls {
-            options = options.require_tls(true).tls_client_config(tls.clone());
-        }
-        let servers: Vec<async_nats::ServerAddr> =
-            self.servers.iter().filter_map(|s| s.parse().ok()).collect();
-        timed(options.connect(servers))
+            .request_timeout(Some(REQUEST_TIMEOUT));
+        timed(options.connect(self.target.servers()))
             .await?
             .map_err(|e| format!("connect: {e}"))
     }

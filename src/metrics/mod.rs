@@ -23,11 +23,22 @@
 //! | `natsgate_upstream_up` | gauge | |
 //! | `natsgate_slow_consumers_total` | counter | |
 //! | `natsgate_drain_timeouts_total` | counter | `side` |
+//! | `natsgate_advisories_total` | counter | `result` |
+//! | `natsgate_limit_closes_total` | counter | `limit` |
+//! | `natsgate_rate_limited_total` | counter | |
+//! | `natsgate_user_messages_total` | counter | `user`, `name`, `account`, `direction` |
+//! | `natsgate_user_bytes_total` | counter | `user`, `name`, `account`, `direction` |
+//! | `natsgate_user_violations_total` | counter | `user`, `name`, `account` |
+//! | `natsgate_user_connections` | gauge | `user`, `name`, `account` |
 //!
 //! Every label takes values from a bounded set: `reason` is a `&'static str`
 //! from the auth code, `kind` and `direction` are fixed, and `account` is
 //! capped at [`MAX_ACCOUNT_LABELS`] distinct values (see
-//! [`Metrics::publish_denied`]). Subjects and user names are never labels.
+//! [`Metrics::publish_denied`]). Subjects are never labels; users are only
+//! on the `natsgate_user_*` series, for at most the top N users by traffic
+//! (see [`users`]).
+
+pub mod users;
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -50,6 +61,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::auth::explain::{Query, Who};
+use crate::config::{DEFAULT_USER_SERIES, DEFAULT_USER_SERIES_RETENTION};
+use users::UserStats;
 
 /// The typed handle to natsgate's metrics. Cheap to clone: every clone
 /// records into the same [`Registry`].
@@ -96,8 +109,16 @@ impl Direction {
 }
 
 impl Metrics {
-    /// A fresh registry with every natsgate series registered.
+    /// A fresh registry with every natsgate series registered, and the
+    /// default per-user cap ([`DEFAULT_USER_SERIES`] users, forgotten
+    /// [`DEFAULT_USER_SERIES_RETENTION`] after they left).
     pub fn new() -> Metrics {
+        Metrics::with_user_series(DEFAULT_USER_SERIES, DEFAULT_USER_SERIES_RETENTION)
+    }
+
+    /// As [`Metrics::new`], with `user_series` users shown by name (0: all
+    /// in `other`) and users forgotten `retention` after they left.
+    pub fn with_user_series(user_series: usize, retention: Duration) -> Metrics {
         let registry = Registry::new();
 
         let connections = IntGauge::new("natsgate_connections", "Client connections now open.")
@@ -190,8 +211,82 @@ impl Metrics {
             }
         }
 
+        let advisories = IntCounterVec::new(
+            Opts::new(
+                "natsgate_advisories_total",
+                "Advisory events for [advisories], by result (published|dropped_rate|dropped_queue).",
+            ),
+            &["result"],
+        )
+        .expect("static metric name, help and labels are valid");
+        for result in ["published", "dropped_rate", "dropped_queue"] {
+            advisories.with_label_values(&[result]);
+        }
+        let limit_closes = IntCounterVec::new(
+            Opts::new(
+                "natsgate_limit_closes_total",
+                "Clients closed or refused by a [limits] limit, by limit (rate: throttled past \
+                 close_after; user_connections: max_connections of the user on this instance).",
+            ),
+            &["limit"],
+        )
+        .expect("static metric name, help and labels are valid");
+        for limit in ["rate", "user_connections"] {
+            limit_closes.with_label_values(&[limit]);
+        }
+        let rate_limited = IntCounter::new(
+            "natsgate_rate_limited_total",
+            "Times a session stopped reading its client because a [limits] rate was used up.",
+        )
+        .expect("static metric name and help are valid");
+        let user_labels = ["user", "name", "account"];
+        let user_direction = ["user", "name", "account", "direction"];
+        let user_messages = IntCounterVec::new(
+            Opts::new(
+                "natsgate_user_messages_total",
+                "Messages relayed per user (public key; name and account for reading), for the \
+                 top users by traffic; the rest are user=\"other\".",
+            ),
+            &user_direction,
+        )
+        .expect("static metric name, help and labels are valid");
+        let user_bytes = IntCounterVec::new(
+            Opts::new(
+                "natsgate_user_bytes_total",
+                "Message payload bytes relayed per user, for the top users by traffic; the rest \
+                 are user=\"other\".",
+            ),
+            &user_direction,
+        )
+        .expect("static metric name, help and labels are valid");
+        let user_violations = IntCounterVec::new(
+            Opts::new(
+                "natsgate_user_violations_total",
+                "Permission violations (refused or would_deny) per user, for the top users by \
+                 traffic; the rest are user=\"other\".",
+            ),
+            &user_labels,
+        )
+        .expect("static metric name, help and labels are valid");
+        let user_connections = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "natsgate_user_connections",
+                "Connections open per user, for the top users by traffic; the rest are \
+                 user=\"other\".",
+            ),
+            &user_labels,
+        )
+        .expect("static metric name, help and labels are valid");
+
         for collector in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(advisories.clone()),
+            Box::new(limit_closes.clone()),
+            Box::new(rate_limited.clone()),
+            Box::new(user_messages.clone()),
+            Box::new(user_bytes.clone()),
+            Box::new(user_violations.clone()),
+            Box::new(user_connections.clone()),
             Box::new(connections_total.clone()),
             Box::new(auth_failures.clone()),
             Box::new(permission_violations.clone()),
@@ -235,8 +330,45 @@ impl Metrics {
                 drain_timeouts,
                 account_store_up,
                 account_updates,
+                advisories,
+                limit_closes,
+                rate_limited,
+                users: users::UserSeries::new(
+                    user_series,
+                    retention,
+                    user_messages,
+                    user_bytes,
+                    user_violations,
+                    user_connections,
+                ),
             }),
         }
+    }
+
+    /// A connection of a user opened: its per-user counters, held for the
+    /// connection's life. `key` is the user's public key.
+    pub fn user(&self, key: &str, name: &str, account: &str) -> users::UserHandle {
+        self.inner.users.connected(key, name, account)
+    }
+
+    /// An advisory event was published or dropped (`result`).
+    pub fn advisory(&self, result: &'static str) {
+        self.inner.advisories.with_label_values(&[result]).inc();
+    }
+
+    /// A client was closed or refused by a `[limits]` limit.
+    pub fn limit_closed(&self, limit: &'static str) {
+        self.inner.limit_closes.with_label_values(&[limit]).inc();
+    }
+
+    /// A session stopped reading its client for a rate limit.
+    pub fn rate_limited(&self) {
+        self.inner.rate_limited.inc();
+    }
+
+    /// How many users the per-user series remember now.
+    pub fn users_remembered(&self) -> usize {
+        self.inner.users.remembered()
     }
 
     /// A client connection was accepted.
@@ -265,27 +397,31 @@ impl Metrics {
     /// distinct accounts (publish and subscribe together) get their own
     /// value, later ones are all counted as `other`, and an empty account
     /// (a static user with no `account`) as `none`.
-    pub fn publish_denied(&self, account: &str) {
+    pub fn publish_denied(&self, user: &UserStats, account: &str) {
+        user.violations(1);
         self.permission_violation("publish", account);
     }
 
     /// A SUB was denied. `account` is handled as in
     /// [`Metrics::publish_denied`].
-    pub fn subscribe_denied(&self, account: &str) {
+    pub fn subscribe_denied(&self, user: &UserStats, account: &str) {
+        user.violations(1);
         self.permission_violation("subscribe", account);
     }
 
     /// A report-only user's PUB or SUB that its permissions refuse was
     /// forwarded (`kind="would_deny"`). `account` is handled as in
     /// [`Metrics::publish_denied`].
-    pub fn would_deny(&self, account: &str) {
+    pub fn would_deny(&self, user: &UserStats, account: &str) {
+        user.violations(1);
         self.permission_violation("would_deny", account);
     }
 
     /// `count` deliveries to a report-only user that the delivery filter
     /// would have dropped were delivered (`kind="would_filter"`). `account`
     /// is handled as in [`Metrics::publish_denied`].
-    pub fn would_filter(&self, account: &str, count: u64) {
+    pub fn would_filter(&self, user: &UserStats, account: &str, count: u64) {
+        user.violations(count);
         let account = self.inner.account_label(account);
         self.inner
             .permission_violations
@@ -295,7 +431,8 @@ impl Metrics {
 
     /// A JetStream API request was refused by the JetStream guard.
     /// `account` is handled as in [`Metrics::publish_denied`].
-    pub fn jetstream_denied(&self, account: &str) {
+    pub fn jetstream_denied(&self, user: &UserStats, account: &str) {
+        user.violations(1);
         self.permission_violation("jetstream", account);
     }
 
@@ -341,15 +478,21 @@ impl Metrics {
     /// `messages` frames of `bytes` bytes in total were relayed in
     /// `direction`.
     ///
-    /// Hot path: call it once per read batch, not per message. It is two
-    /// atomic adds on pre-resolved counters, with no label lookup and no lock.
-    pub fn relayed(&self, direction: Direction, messages: u64, bytes: u64) {
+    /// Hot path: call it once per read batch, not per message. It is four
+    /// atomic adds (the totals and `user`'s) on pre-resolved counters, with no label lookup and no lock.
+    pub fn relayed(&self, user: &UserStats, direction: Direction, messages: u64, bytes: u64) {
         if messages == 0 {
             return;
         }
         let counters = match direction {
-            Direction::ClientToUpstream => &self.inner.client_to_upstream,
-            Direction::UpstreamToClient => &self.inner.upstream_to_client,
+            Direction::ClientToUpstream => {
+                user.sent(messages, bytes);
+                &self.inner.client_to_upstream
+            }
+            Direction::UpstreamToClient => {
+                user.delivered(messages, bytes);
+                &self.inner.upstream_to_client
+            }
         };
         counters.messages.inc_by(messages);
         counters.bytes.inc_by(bytes);
@@ -357,6 +500,7 @@ impl Metrics {
 
     /// Every series in the Prometheus text exposition format (0.0.4).
     pub fn render(&self) -> String {
+        self.inner.users.sync();
         let mut out = Vec::new();
         if let Err(error) = TextEncoder::new().encode(&self.inner.registry.gather(), &mut out) {
             // Only malformed families fail to encode, and every family here
@@ -513,6 +657,10 @@ struct Inner {
     drain_timeouts: IntCounterVec,
     account_store_up: IntGauge,
     account_updates: IntCounterVec,
+    advisories: IntCounterVec,
+    limit_closes: IntCounterVec,
+    rate_limited: IntCounter,
+    users: users::UserSeries,
 }
 
 impl Inner {
@@ -758,7 +906,7 @@ mod tests {
         let m = Metrics::new();
         // Vec series only appear once a label value exists.
         m.auth_failed(crate::auth::Reason::Timeout);
-        m.publish_denied("APP");
+        m.publish_denied(&UserStats::default(), "APP");
         let text = m.render();
         for name in [
             "natsgate_connections",
@@ -821,11 +969,11 @@ mod tests {
     #[test]
     fn permission_violations_by_kind_and_account() {
         let m = Metrics::new();
-        m.publish_denied("APP");
-        m.publish_denied("APP");
-        m.subscribe_denied("APP");
-        m.subscribe_denied("");
-        m.jetstream_denied("APP");
+        m.publish_denied(&UserStats::default(), "APP");
+        m.publish_denied(&UserStats::default(), "APP");
+        m.subscribe_denied(&UserStats::default(), "APP");
+        m.subscribe_denied(&UserStats::default(), "");
+        m.jetstream_denied(&UserStats::default(), "APP");
         let name = "natsgate_permission_violations_total";
         let at = |kind, account| value(&m, name, &[("kind", kind), ("account", account)]);
         assert_eq!(at("publish", "APP"), Some(2.0));
@@ -839,14 +987,14 @@ mod tests {
     fn account_labels_are_capped() {
         let m = Metrics::new();
         for i in 0..MAX_ACCOUNT_LABELS {
-            m.publish_denied(&format!("ACC{i}"));
+            m.publish_denied(&UserStats::default(), &format!("ACC{i}"));
         }
         // Past the cap: new accounts are `other`, known ones keep their label
         // (for either kind).
-        m.publish_denied("LATE1");
-        m.subscribe_denied("LATE2");
-        m.subscribe_denied("ACC0");
-        m.publish_denied("ACC999");
+        m.publish_denied(&UserStats::default(), "LATE1");
+        m.subscribe_denied(&UserStats::default(), "LATE2");
+        m.subscribe_denied(&UserStats::default(), "ACC0");
+        m.publish_denied(&UserStats::default(), "ACC999");
 
         let text = m.render();
         let name = "natsgate_permission_violations_total";
@@ -865,9 +1013,9 @@ mod tests {
     #[test]
     fn relayed_adds_messages_and_bytes() {
         let m = Metrics::new();
-        m.relayed(Direction::ClientToUpstream, 3, 120);
-        m.relayed(Direction::ClientToUpstream, 1, 30);
-        m.relayed(Direction::UpstreamToClient, 7, 1000);
+        m.relayed(&UserStats::default(), Direction::ClientToUpstream, 3, 120);
+        m.relayed(&UserStats::default(), Direction::ClientToUpstream, 1, 30);
+        m.relayed(&UserStats::default(), Direction::UpstreamToClient, 7, 1000);
         let c2u = [("direction", "client_to_upstream")];
         let u2c = [("direction", "upstream_to_client")];
         assert_eq!(value(&m, "natsgate_messages_total", &c2u), Some(4.0));
