@@ -32,9 +32,12 @@ enum Stop {
     /// A JetStream request waits for its stream's subjects (see
     /// [`super::jetstream`]); the rest of the input waits with it.
     Hold,
-    /// A `[limits]` rate is used up until then: this PUB and the rest of
-    /// the input wait, unread (back-pressure, no error).
-    Throttle(std::time::Instant),
+    /// A `[limits]` rate is used up until `until`: this PUB (from `start`
+    /// of the input) and the rest wait, unread (back-pressure, no error).
+    Throttle {
+        until: std::time::Instant,
+        start: usize,
+    },
 }
 
 /// The subject natsgate answers itself (spec 9.4).
@@ -49,7 +52,7 @@ impl Relay {
         let mut pieces = Pieces::default();
         let now = std::time::Instant::now();
         let limits = self.user.limits;
-        let (used, stop) = scan(
+        let (mut used, stop) = scan(
             &input,
             |buf| client::parse(buf, &limits),
             |op, start, end| self.client_op(op, &input[start..end], start, end, &mut pieces, now),
@@ -60,7 +63,11 @@ impl Relay {
             // A JetStream request waits for its stream's subjects; the
             // frames after it stay in the input until it is settled.
             Scanned::Stopped(Stop::Hold) => (None, Ok(())),
-            Scanned::Stopped(Stop::Throttle(until)) => (None, self.throttled(until, now)),
+            Scanned::Stopped(Stop::Throttle { until, start }) => {
+                // The PUB that found no tokens is not handled yet.
+                used = start;
+                (None, self.throttled(until, now))
+            }
             Scanned::Error(e) => {
                 debug!(error = e.reason(), "client protocol error");
                 let error = e.error_text().map(Bytes::from_static);
@@ -145,7 +152,7 @@ impl Relay {
                 ..
             } => {
                 if let Err(until) = self.rates.take(payload_len as u64, now) {
-                    return ControlFlow::Break(Stop::Throttle(until));
+                    return ControlFlow::Break(Stop::Throttle { until, start });
                 }
                 if user.opts.pedantic && !is_valid_literal_subject(subject) {
                     let err = Bytes::from_static(encode::ERR_INVALID_PUBLISH_SUBJECT);
