@@ -443,3 +443,58 @@ fn seed_files_bare_or_decorated() {
     assert!(parse_seed_file(&creds).unwrap().starts_with("SU"));
     assert!(parse_seed_file("hello").is_err());
 }
+
+#[test]
+fn limits_advisories_and_user_series() {
+    let user = format!("[[users]]\nnkey = \"{SVC_B}\"\n");
+    let settings = inline(&format!(
+        "{user}[limits]\nclose_after = \"30s\"\n\
+         [[limits.users]]\nuser = \"svc-a\"\nmsgs_per_second = 1000\nmax_connections = 2\n\
+         [[limits.users]]\nuser = \"*\"\nbytes_per_second = 4096\nburst_bytes = 8192\n\
+         [[limits.accounts]]\naccount = \"APP\"\nmsgs_per_second = 50\n\
+         [advisories]\nsubject = \"natsgate.adv\"\n"
+    ))
+    .unwrap();
+    let limits = &settings.limits;
+    assert_eq!(limits.close_after, Some(Duration::from_secs(30)));
+    let own = limits.for_user("UX", "svc-a").unwrap();
+    assert_eq!(own.rate.msgs_per_second, Some(1000));
+    assert_eq!(own.max_connections, Some(2));
+    let any = limits.for_user("UY", "other").unwrap();
+    assert_eq!(any.user, "*");
+    assert_eq!(any.rate.burst_bytes, Some(8192));
+    assert_eq!(
+        limits.for_account("APP", "").unwrap().rate.msgs_per_second,
+        Some(50)
+    );
+    assert!(limits.for_account("OTHER", "AKEY").is_none());
+    let advisories = settings.advisories.unwrap();
+    assert_eq!(advisories.subject, "natsgate.adv");
+    assert_eq!(advisories.max_per_second, DEFAULT_ADVISORY_RATE);
+
+    for (bad, key) in [
+        (
+            "[[limits.users]]\nuser = \"a\"\nmsgs_per_second = 0\n",
+            "msgs_per_second",
+        ),
+        (
+            "[[limits.users]]\nuser = \"a\"\nburst_msgs = 5\n",
+            "burst_msgs",
+        ),
+        ("[[limits.users]]\nuser = \" a\"\n", "limits.users[0].user"),
+        (
+            "[[limits.accounts]]\naccount = \"A\"\n[[limits.accounts]]\naccount = \"A\"\n",
+            "listed twice",
+        ),
+        ("[limits]\nclose_after = \"0s\"\n", "close_after"),
+        ("[limits]\nrate = 5\n", "rate"),
+        ("[advisories]\nsubject = \"a.>\"\n", "advisories.subject"),
+        (
+            "[advisories]\nsubject = \"a\"\nmax_per_second = 0\n",
+            "max_per_second",
+        ),
+    ] {
+        let error = inline(&format!("{user}{bad}")).unwrap_err().to_string();
+        assert!(error.contains(key), "{bad:?}: {error}");
+    }
+}
