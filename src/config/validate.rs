@@ -131,12 +131,8 @@ impl Context<'_> {
                 user: entry.user.clone(),
                 rate: self.rate(
                     &key,
-                    RateLimit {
-                        msgs_per_second: entry.msgs_per_second,
-                        bytes_per_second: entry.bytes_per_second,
-                        burst_msgs: entry.burst_msgs,
-                        burst_bytes: entry.burst_bytes,
-                    },
+                    [entry.msgs_per_second, entry.bytes_per_second],
+                    [entry.burst_msgs, entry.burst_bytes],
                 )?,
                 max_connections: entry.max_connections,
             });
@@ -155,12 +151,8 @@ impl Context<'_> {
                 account: entry.account.clone(),
                 rate: self.rate(
                     &key,
-                    RateLimit {
-                        msgs_per_second: entry.msgs_per_second,
-                        bytes_per_second: entry.bytes_per_second,
-                        burst_msgs: entry.burst_msgs,
-                        burst_bytes: entry.burst_bytes,
-                    },
+                    [entry.msgs_per_second, entry.bytes_per_second],
+                    [entry.burst_msgs, entry.burst_bytes],
                 )?,
             });
         }
@@ -181,7 +173,20 @@ impl Context<'_> {
         Ok(())
     }
 
-    fn rate(&self, key: &str, rate: RateLimit) -> Result<RateLimit, ConfigError> {
+    /// The rate keys of a `[[limits.*]]` entry: `[msgs_per_second,
+    /// bytes_per_second]` and their bursts.
+    fn rate(
+        &self,
+        key: &str,
+        [msgs_per_second, bytes_per_second]: [Option<u64>; 2],
+        [burst_msgs, burst_bytes]: [Option<u64>; 2],
+    ) -> Result<RateLimit, ConfigError> {
+        let rate = RateLimit {
+            msgs_per_second,
+            bytes_per_second,
+            burst_msgs,
+            burst_bytes,
+        };
         for (field, value) in [
             ("msgs_per_second", rate.msgs_per_second),
             ("bytes_per_second", rate.bytes_per_second),
