@@ -29,6 +29,26 @@ pub(super) struct FileConfig {
     #[serde(default)]
     pub limits: LimitsFile,
     pub advisories: Option<AdvisoriesFile>,
+    pub websocket: Option<WebsocketFile>,
+}
+
+/// `[websocket]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct WebsocketFile {
+    pub addr: String,
+    #[serde(default)]
+    pub no_tls: bool,
+    pub tls: Option<ListenTlsFile>,
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    #[serde(default)]
+    pub same_origin: bool,
+    #[serde(default)]
+    pub compression: bool,
+    pub handshake_timeout: Option<String>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[listen]`

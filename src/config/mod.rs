@@ -49,6 +49,8 @@ pub struct Settings {
     pub limits: LimitsSettings,
     /// `[advisories]`: violation events published upstream, when set.
     pub advisories: Option<AdvisorySettings>,
+    /// `[websocket]`: the WebSocket listener (off when not set).
+    pub websocket: Option<WebsocketSettings>,
     /// The directory of the config file (absolute when loaded from a file);
     /// relative paths in the file were resolved against it.
     pub base_dir: PathBuf,
@@ -88,6 +90,26 @@ pub struct ListenTls {
     pub ca_file: Option<PathBuf>,
     /// TLS before INFO, as nats-server's `handshake_first`.
     pub handshake_first: bool,
+}
+
+/// `[websocket]`: a second listener for WebSocket clients (browsers,
+/// nats.ws), serving the same sessions as `[listen]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebsocketSettings {
+    /// As written, e.g. `"0.0.0.0:8080"`.
+    pub addr: String,
+    /// `wss://` with these; `None` only with `no_tls = true`.
+    pub tls: Option<ListenTls>,
+    /// Origins accepted in the upgrade (`scheme://host[:port]`); empty = any.
+    pub allowed_origins: Vec<String>,
+    /// The Origin must match the request's Host (and scheme).
+    pub same_origin: bool,
+    /// Offer-taking of `permessage-deflate`.
+    pub compression: bool,
+    /// The TLS handshake and the HTTP upgrade must end within this.
+    pub handshake_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` header is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// `[upstream]`: the nats-server natsgate logs in to.
@@ -377,6 +399,8 @@ pub const DEFAULT_USER_SERIES_RETENTION: Duration = Duration::from_secs(300);
 /// `[advisories] max_per_second` by default.
 pub const DEFAULT_ADVISORY_RATE: u64 = 100;
 pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// `[websocket] handshake_timeout`, nats-server's default.
+pub const DEFAULT_WS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
 /// nats-server's `MAX_CONTROL_LINE_SIZE`.
 pub const DEFAULT_MAX_CONTROL_LINE: usize = 4096;

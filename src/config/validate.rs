@@ -9,7 +9,7 @@ use super::creds::{parse_creds, parse_seed_file};
 use super::file::{
     AdvisoriesFile, AllowResponsesFile, CredentialFile, FileConfig, JwtFile, KvFile, LimitsFile,
     ListenFile, LogFile, LogFormatFile, PermissionsFile, PolicyFile, SubjectRulesFile,
-    UpstreamFile, UserFile,
+    UpstreamFile, UserFile, WebsocketFile,
 };
 use super::values::{
     check_host_port, check_permission_subject, check_user_public_key, default_server_name,
@@ -78,6 +78,11 @@ impl Context<'_> {
                 .advisories
                 .as_ref()
                 .map(|a| self.advisories(a))
+                .transpose()?,
+            websocket: model
+                .websocket
+                .as_ref()
+                .map(|w| self.websocket(w))
                 .transpose()?,
             base_dir: self.base_dir.to_path_buf(),
             source: None,
@@ -302,6 +307,77 @@ impl Context<'_> {
             server_name,
             advertise: listen.advertise.clone(),
             tls,
+        })
+    }
+
+    // === [websocket] ===
+
+    fn websocket(&self, ws: &WebsocketFile) -> Result<WebsocketSettings, ConfigError> {
+        check_host_port(&ws.addr, true).map_err(|p| self.invalid("websocket.addr", p))?;
+        let tls = match &ws.tls {
+            None if !ws.no_tls => {
+                return Err(self.invalid(
+                    "websocket.tls",
+                    "websocket requires TLS: set [websocket.tls] or no_tls = true",
+                ));
+            }
+            None => None,
+            Some(_) if ws.no_tls => {
+                return Err(self.invalid(
+                    "websocket.no_tls",
+                    "no_tls = true and [websocket.tls] together: choose one",
+                ));
+            }
+            Some(tls) => Some(ListenTls {
+                cert_file: self.existing_file("websocket.tls.cert_file", &tls.cert_file)?,
+                key_file: self.existing_file("websocket.tls.key_file", &tls.key_file)?,
+                ca_file: tls
+                    .ca_file
+                    .as_deref()
+                    .map(|f| self.existing_file("websocket.tls.ca_file", f))
+                    .transpose()?,
+                handshake_first: false,
+            }),
+        };
+        if ws.tls.as_ref().is_some_and(|t| t.handshake_first) {
+            return Err(self.invalid(
+                "websocket.tls.handshake_first",
+                "not used by the websocket listener (TLS always comes first)",
+            ));
+        }
+        for (i, origin) in ws.allowed_origins.iter().enumerate() {
+            crate::transport::websocket::Origin::parse(origin)
+                .map_err(|p| self.invalid(format!("websocket.allowed_origins[{i}]"), p))?;
+        }
+        let handshake_timeout = self.duration(
+            "websocket.handshake_timeout",
+            ws.handshake_timeout.as_deref(),
+            DEFAULT_WS_HANDSHAKE_TIMEOUT,
+        )?;
+        if handshake_timeout.is_zero() {
+            return Err(self.invalid("websocket.handshake_timeout", "must be more than 0s"));
+        }
+        let trusted_proxies = ws
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, cidr)| {
+                parse_net(cidr).ok_or_else(|| {
+                    self.invalid(
+                        format!("websocket.trusted_proxies[{i}]"),
+                        format!("{cidr:?} is not a CIDR like \"10.0.0.0/8\" or an IP address"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(WebsocketSettings {
+            addr: ws.addr.clone(),
+            tls,
+            allowed_origins: ws.allowed_origins.clone(),
+            same_origin: ws.same_origin,
+            compression: ws.compression,
+            handshake_timeout,
+            trusted_proxies,
         })
     }
 
@@ -689,6 +765,16 @@ impl Context<'_> {
 }
 
 /// A toml error as one line: `file:line:column: key: message`.
+/// A CIDR, or a bare address as a one-address network.
+fn parse_net(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
+}
+
 fn syntax_error(text: &str, file: &Path, error: &toml::de::Error) -> ConfigError {
     let start = error.span().map_or(0, |span| span.start).min(text.len());
     let before = &text[..start];

@@ -7,6 +7,9 @@
 //!   hand (`read_tls` → `process_new_packets` → plaintext, and plaintext →
 //!   `write_tls`), rustls's own model of "no I/O in the library". The TLS
 //!   handshake happened before (tokio-rustls), and its state was handed over.
+//! - [`Transport::Ws`]: a WebSocket connection over one of those two
+//!   ([`websocket`]): reads give the NATS bytes of its data frames, writes
+//!   become binary frames.
 
 use std::io::{self, Read, Write};
 
@@ -15,8 +18,10 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 mod queue;
+pub mod websocket;
 
 pub use queue::OutQueue;
+pub use websocket::WsTransport;
 
 /// Plaintext moved into rustls per write, and the most it buffers.
 const TLS_CHUNK: usize = 64 * 1024;
@@ -25,6 +30,7 @@ const TLS_CHUNK: usize = 64 * 1024;
 pub enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsTransport>),
+    Ws(Box<WsTransport>),
 }
 
 #[derive(Debug)]
@@ -65,6 +71,7 @@ impl Transport {
                 }
                 t.tcp.readable().await
             }
+            Transport::Ws(w) => w.readable().await,
         }
     }
 
@@ -73,6 +80,7 @@ impl Transport {
         match self {
             Transport::Plain(tcp) => tcp.writable().await,
             Transport::Tls(t) => t.tcp.writable().await,
+            Transport::Ws(w) => w.writable().await,
         }
     }
 
@@ -81,6 +89,7 @@ impl Transport {
         match self {
             Transport::Plain(_) => false,
             Transport::Tls(t) => t.conn.wants_write(),
+            Transport::Ws(w) => w.wants_write(),
         }
     }
 
@@ -90,6 +99,7 @@ impl Transport {
         match self {
             Transport::Plain(tcp) => read_plain(tcp, buf),
             Transport::Tls(t) => t.try_read_buf(buf),
+            Transport::Ws(w) => w.try_read_buf(buf),
         }
     }
 
@@ -114,7 +124,21 @@ impl Transport {
                 }
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut t.tcp).await;
             }
+            Transport::Ws(w) => w.shutdown().await,
         }
+    }
+
+    /// For a WebSocket client: the close frame to send follows from this
+    /// last `-ERR` (`None`: natsgate's own close). Nothing for the others.
+    pub fn closing_with(&mut self, error: Option<&[u8]>) {
+        if let Transport::Ws(w) = self {
+            w.closing_with(error);
+        }
+    }
+
+    /// Whether this is a WebSocket connection.
+    pub fn is_websocket(&self) -> bool {
+        matches!(self, Transport::Ws(_))
     }
 
     /// Writes as much of `queue` as the socket takes without blocking.
@@ -122,6 +146,7 @@ impl Transport {
         match self {
             Transport::Plain(tcp) => queue.write_to(tcp),
             Transport::Tls(t) => t.write_queue(queue),
+            Transport::Ws(w) => w.write_queue(queue),
         }
     }
 }

@@ -92,6 +92,30 @@ impl OutQueue {
         Ok(moved)
     }
 
+    /// Takes up to `max` bytes from the front, as the chunks they are in
+    /// (the last one split when needed): no copy.
+    pub fn take_front(&mut self, max: usize) -> Vec<Bytes> {
+        let mut taken = Vec::new();
+        let mut left = max;
+        while left > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                self.len -= front.len();
+                if let Some(chunk) = self.chunks.pop_front() {
+                    taken.push(chunk);
+                }
+            } else {
+                taken.push(front.split_to(left));
+                self.len -= left;
+                left = 0;
+            }
+        }
+        taken
+    }
+
     fn advance(&mut self, mut n: usize) {
         self.len -= n;
         while n > 0 {
