@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "src"
 # Re-exports at the crate root, by the module they come from.
-ALIASES = {"Error": "error", "run": "service", "run_with_listeners": "service"}
+ALIASES = {"Error": "error", "run": "service", "run_with_listeners": "service", "run_with_websocket": "service"}
 
 
 def module_of(path: Path, base: Path) -> str:

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::advisories::Advisories;
 use crate::auth::jwt::{Disconnect, JwtUser, TrustStore};
-use crate::auth::{AuthFailure, Authenticator, Identity};
+use crate::auth::{AuthFailure, Authenticator, ConnectionType, Identity};
 use crate::config::{Credential, PolicySettings, Settings};
 use crate::limits::{ConnectionCounts, ConnectionSlot, RateRegistry, Rates};
 use crate::metrics::Metrics;
@@ -270,9 +270,10 @@ impl Gate {
         opts: &ConnectOptions,
         nonce: &[u8],
         ip: IpAddr,
+        connection_type: ConnectionType,
     ) -> Result<Identity, AuthFailure> {
         self.authenticator()
-            .authenticate(opts, nonce, ip, SystemTime::now())
+            .authenticate(opts, nonce, ip, connection_type, SystemTime::now())
     }
 
     /// The upstream credential for a user: its account's

@@ -59,4 +59,4 @@ pub mod transport;
 pub mod upstream;
 
 pub use error::Error;
-pub use service::{run, run_with_listeners};
+pub use service::{run, run_with_listeners, run_with_websocket};

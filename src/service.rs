@@ -76,6 +76,83 @@ pub async fn run_on_workers(
     shutdown: CancellationToken,
     workers: &[Handle],
 ) -> Result<(), Error> {
+    run_all(
+        settings,
+        listener,
+        None,
+        metrics_listener,
+        shutdown,
+        workers,
+    )
+    .await
+}
+
+/// As [`run_with_listeners`], with the `[websocket]` listener bound by the
+/// caller too (tests bind port 0). Sessions run on the current runtime.
+pub async fn run_with_websocket(
+    settings: Settings,
+    listener: TcpListener,
+    websocket: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    run_all(
+        settings,
+        listener,
+        Some(websocket),
+        metrics_listener,
+        shutdown,
+        &[],
+    )
+    .await
+}
+
+/// Binds `[websocket] addr` unless `bound` is given, and sets up its TLS
+/// and upgrade checks.
+async fn websocket_listener(
+    ws: &crate::config::WebsocketSettings,
+    bound: Option<TcpListener>,
+) -> Result<crate::listener::WebsocketListener, Error> {
+    let listener = match bound {
+        Some(listener) => listener,
+        None => TcpListener::bind(ws.addr.as_str())
+            .await
+            .map_err(|source| Error::Io {
+                context: format!("websocket address {}", ws.addr),
+                source,
+            })?,
+    };
+    let tls = match &ws.tls {
+        Some(tls) => Some(crate::tls::server_config(tls)?),
+        None => None,
+    };
+    let allowed_origins = ws
+        .allowed_origins
+        .iter()
+        .filter_map(|o| crate::transport::websocket::Origin::parse(o).ok())
+        .collect();
+    Ok(crate::listener::WebsocketListener {
+        listener,
+        upgrade: crate::transport::websocket::UpgradeOptions {
+            allowed_origins,
+            same_origin: ws.same_origin,
+            compression: ws.compression,
+            tls: ws.tls.is_some(),
+            trusted_proxies: ws.trusted_proxies.clone(),
+        },
+        handshake_timeout: ws.handshake_timeout,
+        tls,
+    })
+}
+
+async fn run_all(
+    settings: Settings,
+    listener: TcpListener,
+    websocket: Option<TcpListener>,
+    metrics_listener: Option<TcpListener>,
+    shutdown: CancellationToken,
+    workers: &[Handle],
+) -> Result<(), Error> {
     let authenticator = Authenticator::load(&settings, SystemTime::now())?;
     let local = listener.local_addr().map_err(|source| Error::Io {
         context: "listener address".into(),
@@ -86,7 +163,16 @@ pub async fn run_on_workers(
         Some(m) => Metrics::with_user_series(m.user_series, m.user_series_retention),
         None => Metrics::new(),
     };
+    let websocket_listener = match &settings.websocket {
+        None => None,
+        Some(ws) => Some(websocket_listener(ws, websocket).await?),
+    };
     let gate = Arc::new(Gate::new(settings, authenticator, local, metrics)?);
+    if let Some(ws) = &websocket_listener
+        && let Ok(addr) = ws.listener.local_addr()
+    {
+        info!(addr = %addr, "websocket listening");
+    }
     if !gate.upstream.probe().await {
         warn!("no upstream server reachable at start; clients will be refused until one is");
     }
@@ -146,7 +232,19 @@ pub async fn run_on_workers(
         // /healthz must reflect the upstream even when no client connects.
         endpoint.spawn(probe_upstream(gate.clone(), endpoint_stop.clone()));
     }
-    crate::listener::accept(&gate, listener, &shutdown, &sessions, &tracker, workers).await;
+    let counts = crate::listener::Counts::default();
+    let tcp = crate::listener::accept(
+        &gate, listener, &counts, &shutdown, &sessions, &tracker, workers,
+    );
+    match websocket_listener {
+        None => tcp.await,
+        Some(ws) => {
+            let ws = crate::listener::accept_websocket(
+                &gate, ws, &counts, &shutdown, &sessions, &tracker, workers,
+            );
+            tokio::join!(tcp, ws);
+        }
+    }
     info!("shutting down");
     sessions.cancel();
     crate::shutdown::wait_for_sessions(tracker, grace).await;

@@ -178,6 +178,27 @@ impl CompiledPermissions {
 /// Dead entries of [`CompiledPermissions`] are pruned at this size.
 const PRUNE_COMPILED_AT: usize = 4096;
 
+/// How a client reached natsgate, as a JWT's `allowed_connection_types`
+/// names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConnectionType {
+    /// The NATS port (`[listen]`).
+    #[default]
+    Standard,
+    /// The WebSocket listener (`[websocket]`).
+    Websocket,
+}
+
+impl ConnectionType {
+    /// nats-server's name (`jwt.ConnectionTypeStandard`, `...Websocket`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionType::Standard => "STANDARD",
+            ConnectionType::Websocket => "WEBSOCKET",
+        }
+    }
+}
+
 impl Authenticator {
     /// Builds the authenticator from validated settings and (when `[jwt]` is
     /// configured) the loaded trust store.
@@ -242,6 +263,7 @@ impl Authenticator {
         opts: &ConnectOptions,
         nonce: &[u8],
         client_ip: IpAddr,
+        connection_type: ConnectionType,
         now: SystemTime,
     ) -> Result<Identity, AuthFailure> {
         if let (Some(trust), Some(token)) = (&self.trust, opts.jwt.as_deref()) {
@@ -250,7 +272,7 @@ impl Authenticator {
                 sig: opts.sig.as_deref(),
                 nonce,
                 client_ip,
-                connection_type: "STANDARD",
+                connection_type: connection_type.as_str(),
             };
             let user = trust
                 .authenticate(&login, now)

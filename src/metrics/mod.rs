@@ -15,6 +15,8 @@
 //! |---|---|---|
 //! | `natsgate_connections` | gauge | |
 //! | `natsgate_connections_total` | counter | |
+//! | `natsgate_transport_connections` | gauge | `transport` (`tcp`, `websocket`) |
+//! | `natsgate_websocket_upgrades_total` | counter | `result` (`ok`, `400`, `403`, `405`, `timeout`, `tls`) |
 //! | `natsgate_auth_failures_total` | counter | `reason` |
 //! | `natsgate_permission_violations_total` | counter | `kind`, `account` |
 //! | `natsgate_messages_total` | counter | `direction` |
@@ -128,6 +130,22 @@ impl Metrics {
             "Client connections accepted since start.",
         )
         .expect("static metric name and help are valid");
+        let transport_connections = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "natsgate_transport_connections",
+                "Client connections now open, by listener transport.",
+            ),
+            &["transport"],
+        )
+        .expect("static metric name, help and labels are valid");
+        let websocket_upgrades = IntCounterVec::new(
+            Opts::new(
+                "natsgate_websocket_upgrades_total",
+                "WebSocket upgrade requests, by result (ok, an HTTP status, timeout, tls).",
+            ),
+            &["result"],
+        )
+        .expect("static metric name, help and labels are valid");
         let auth_failures = IntCounterVec::new(
             Opts::new(
                 "natsgate_auth_failures_total",
@@ -288,6 +306,8 @@ impl Metrics {
             Box::new(user_violations.clone()),
             Box::new(user_connections.clone()),
             Box::new(connections_total.clone()),
+            Box::new(transport_connections.clone()),
+            Box::new(websocket_upgrades.clone()),
             Box::new(auth_failures.clone()),
             Box::new(permission_violations.clone()),
             Box::new(messages.clone()),
@@ -319,6 +339,8 @@ impl Metrics {
                 registry,
                 connections,
                 connections_total,
+                transport_connections,
+                websocket_upgrades,
                 auth_failures,
                 permission_violations,
                 account_labels: Mutex::new(HashSet::new()),
@@ -381,6 +403,25 @@ impl Metrics {
     /// has closed.
     pub fn connection_closed(&self) {
         self.inner.connections.dec();
+    }
+
+    /// A connection of `transport` (`tcp` or `websocket`) was opened
+    /// (`opened`) or closed, on top of [`Metrics::connection_opened`].
+    pub fn transport_connection(&self, transport: &'static str, opened: bool) {
+        let gauge = self
+            .inner
+            .transport_connections
+            .with_label_values(&[transport]);
+        if opened { gauge.inc() } else { gauge.dec() }
+    }
+
+    /// A WebSocket upgrade ended with `result` (`ok`, the refusal's HTTP
+    /// status, `timeout` or `tls`).
+    pub fn websocket_upgrade(&self, result: &str) {
+        self.inner
+            .websocket_upgrades
+            .with_label_values(&[result])
+            .inc();
     }
 
     /// A client failed to authenticate; the label is the reason's.
@@ -643,6 +684,8 @@ struct Inner {
     registry: Registry,
     connections: IntGauge,
     connections_total: IntCounter,
+    transport_connections: prometheus::IntGaugeVec,
+    websocket_upgrades: IntCounterVec,
     auth_failures: IntCounterVec,
     permission_violations: IntCounterVec,
     /// The distinct `account` label values handed out so far, at most

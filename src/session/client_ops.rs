@@ -309,6 +309,7 @@ impl Relay {
     /// A second CONNECT (spec 2.7): decoded over the previous options,
     /// re-authenticated against the original nonce; the subscriptions go.
     fn reconnect(&mut self, json: &[u8], pieces: &mut Pieces) -> ControlFlow<Close> {
+        let connection_type = self.connection_type();
         let user = &mut self.user;
         let mut opts = user.opts.clone();
         // A CONNECT without `jwt` re-authenticates with the one presented
@@ -319,10 +320,12 @@ impl Relay {
         if opts.merge_json(json).is_err() {
             return ControlFlow::Break(Close::Gate { error: None });
         }
-        let identity = match self
-            .gate
-            .authenticate(&opts, user.nonce.as_bytes(), user.peer.ip())
-        {
+        let identity = match self.gate.authenticate(
+            &opts,
+            user.nonce.as_bytes(),
+            user.peer.ip(),
+            connection_type,
+        ) {
             Ok(identity) => identity,
             Err(failure) => {
                 let nkey = opts.nkey.as_deref();

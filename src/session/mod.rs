@@ -81,14 +81,43 @@ pub async fn run(
     client_id: u64,
     shutdown: CancellationToken,
 ) {
+    let _ = client.set_nodelay(true);
+    serve(gate, Accepted::Tcp(client), peer, client_id, shutdown).await;
+}
+
+/// Serves one upgraded WebSocket client ([`Transport::Ws`]) until it
+/// closes. `client` is its address: the forwarded one when the peer was a
+/// trusted proxy.
+pub async fn run_websocket(
+    gate: Arc<Gate>,
+    transport: Transport,
+    client: SocketAddr,
+    client_id: u64,
+    shutdown: CancellationToken,
+) {
+    serve(gate, Accepted::Ws(transport), client, client_id, shutdown).await;
+}
+
+/// A connection as the listener hands it over.
+enum Accepted {
+    Tcp(TcpStream),
+    Ws(Transport),
+}
+
+async fn serve(
+    gate: Arc<Gate>,
+    accepted: Accepted,
+    peer: SocketAddr,
+    client_id: u64,
+    shutdown: CancellationToken,
+) {
     // A debug span: at the default level it is disabled, and entering it
     // on every poll of the relay costs nothing.
     let span = debug_span!("client", cid = client_id, addr = %peer, user = field::Empty, name = field::Empty, account = field::Empty);
     async move {
-        let _ = client.set_nodelay(true);
         // Boxed: the handshake's state (upstream dialing, TLS) is large and
         // only needed until login; the task keeps just the relay's.
-        let relay = Box::pin(handshake(&gate, client, peer, client_id, &shutdown)).await;
+        let relay = Box::pin(handshake(&gate, accepted, peer, client_id, &shutdown)).await;
         if let Some(relay) = relay {
             relay.run(&shutdown).await;
         }
@@ -115,6 +144,64 @@ pub(crate) struct Authenticated {
 /// The client connection during the handshake: plain, or TLS (tokio-rustls
 /// until the relay takes over the rustls state).
 type ClientStream = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// The client during the handshake: a stream, or an upgraded WebSocket
+/// connection (already a [`Transport`], driven by readiness here too).
+// Lives only in the (boxed) handshake future; boxing the TLS stream would
+// cost an allocation per TLS client for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Client {
+    Stream(ClientStream),
+    Ws(Transport),
+}
+
+impl Client {
+    async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            Client::Stream(s) => s.read_buf(buf).await,
+            Client::Ws(t) => loop {
+                match t.try_read_buf(buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => t.readable().await?,
+                    other => return other,
+                }
+            },
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Client::Stream(s) => s.write_all(data).await,
+            Client::Ws(t) => {
+                let mut queue = crate::transport::OutQueue::default();
+                queue.push(Bytes::copy_from_slice(data));
+                loop {
+                    t.write_queue(&mut queue)?;
+                    if queue.is_empty() && !t.wants_write() {
+                        return Ok(());
+                    }
+                    t.writable().await?;
+                }
+            }
+        }
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        match self {
+            Client::Stream(s) => s.shutdown().await,
+            Client::Ws(t) => {
+                t.shutdown().await;
+                Ok(())
+            }
+        }
+    }
+
+    fn connection_type(&self) -> crate::auth::ConnectionType {
+        match self {
+            Client::Stream(_) => crate::auth::ConnectionType::Standard,
+            Client::Ws(_) => crate::auth::ConnectionType::Websocket,
+        }
+    }
+}
 
 /// Sends natsgate's INFO and, with `[listen.tls]`, runs the TLS handshake:
 /// after the INFO (which says `tls_required`), or before it with
@@ -164,7 +251,11 @@ async fn tls_accept(
 }
 
 /// The relay's view of the client connection once authenticated.
-fn into_transport(stream: ClientStream) -> Transport {
+fn into_transport(client: Client) -> Transport {
+    let stream = match client {
+        Client::Stream(stream) => stream,
+        Client::Ws(transport) => return transport,
+    };
     match stream {
         Either::Left(tcp) => Transport::Plain(tcp),
         Either::Right(tls) => {
@@ -176,7 +267,7 @@ fn into_transport(stream: ClientStream) -> Transport {
 
 async fn handshake(
     gate: &Arc<Gate>,
-    tcp: TcpStream,
+    accepted: Accepted,
     peer: SocketAddr,
     client_id: u64,
     shutdown: &CancellationToken,
@@ -186,9 +277,24 @@ async fn handshake(
     let info = gate
         .client_info(&facts, client_id, peer.ip(), Some(&nonce), None)
         .to_frame();
-    let (mut client, deadline) = tokio::select! {
-        _ = shutdown.cancelled() => return None,
-        opened = open(gate, tcp, &info) => opened?,
+    let (mut client, deadline) = match accepted {
+        Accepted::Tcp(tcp) => tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            opened = open(gate, tcp, &info) => {
+                let (stream, deadline) = opened?;
+                (Client::Stream(stream), deadline)
+            }
+        },
+        Accepted::Ws(transport) => {
+            let mut client = Client::Ws(transport);
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                written = timeout(gate.settings.listen.auth_timeout, client.write_all(&info)) => {
+                    written.ok()?.ok()?;
+                }
+            }
+            (client, Instant::now() + gate.settings.listen.auth_timeout)
+        }
     };
     let limits = ClientLimits {
         max_control_line: gate.settings.listen.max_control_line,
@@ -255,16 +361,17 @@ async fn handshake(
     }
     let _ = cin.split_to(frame_len);
 
-    let identity = match gate.authenticate(&opts, nonce.as_bytes(), peer.ip()) {
-        Ok(identity) => identity,
-        Err(failure) => {
-            let nkey = opts.nkey.as_deref();
-            let who = advisory::Client::connecting(peer, client_id, &opts);
-            advisory::auth_failure(gate, who, failure.reason, &failure.detail, nkey);
-            close_with(&mut client, encode::ERR_AUTH_VIOLATION).await;
-            return None;
-        }
-    };
+    let identity =
+        match gate.authenticate(&opts, nonce.as_bytes(), peer.ip(), client.connection_type()) {
+            Ok(identity) => identity,
+            Err(failure) => {
+                let nkey = opts.nkey.as_deref();
+                let who = advisory::Client::connecting(peer, client_id, &opts);
+                advisory::auth_failure(gate, who, failure.reason, &failure.detail, nkey);
+                close_with(&mut client, encode::ERR_AUTH_VIOLATION).await;
+                return None;
+            }
+        };
     if let Some(text) = post_auth_check(&opts, facts.headers) {
         if text == encode::ERR_AUTH_VIOLATION {
             let nkey = opts.nkey.as_deref();
@@ -353,7 +460,11 @@ pub(crate) fn post_auth_check(
 }
 
 /// Sends a final frame and closes, waiting a bounded time for the write.
-async fn close_with(client: &mut ClientStream, frame: &[u8]) {
+/// A WebSocket client then gets the close frame that goes with it.
+async fn close_with(client: &mut Client, frame: &[u8]) {
+    if let Client::Ws(t) = client {
+        t.closing_with(Some(frame));
+    }
     let _ = timeout(CLOSE_FLUSH, async {
         client.write_all(frame).await?;
         client.shutdown().await

@@ -261,6 +261,16 @@ impl Relay {
 
     /// Relays until either side closes, a fatal protocol error, expiry or
     /// shutdown, then closes without losing what was accepted.
+    /// How the client reached natsgate (its JWT's `allowed_connection_types`
+    /// are checked against it, again on a second CONNECT).
+    pub(super) fn connection_type(&self) -> crate::auth::ConnectionType {
+        if self.client.transport.is_websocket() {
+            crate::auth::ConnectionType::Websocket
+        } else {
+            crate::auth::ConnectionType::Standard
+        }
+    }
+
     pub async fn run(mut self, shutdown: &CancellationToken) {
         let why = self.relay_loop(shutdown).await;
         self.close(why).await;
@@ -550,6 +560,9 @@ impl Relay {
         debug!(?why, pubs_accepted = self.pubs_accepted, "closing");
         let mut client_ok = !matches!(why, Close::ClientGone | Close::ClientSlow);
         let mut upstream_ok = !matches!(why, Close::UpstreamGone | Close::UpstreamSlow);
+        if let Close::Gate { error } = &why {
+            self.client.transport.closing_with(error.as_deref());
+        }
         if let Close::Gate { error: Some(error) } = why {
             self.order.frame(error, &mut self.client.out);
         }

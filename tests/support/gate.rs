@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 /// cancels its shutdown token.
 pub struct Gate {
     addr: SocketAddr,
+    /// The `[websocket]` listener's address ([`Gate::start_websocket`]).
+    ws_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<()>>,
     exit: Arc<Mutex<Option<Result<(), String>>>>,
@@ -33,6 +35,22 @@ impl Gate {
     /// As [`Gate::start`], with relative paths resolved against `dir` (which
     /// the gate keeps alive), e.g. after writing seed files into it.
     pub fn start_with_dir(toml: &str, dir: tempfile::TempDir) -> Gate {
+        Self::start_inner(toml, dir, false)
+    }
+
+    /// As [`Gate::start_with_dir`], with the `[websocket]` listener (the
+    /// TOML must have the table; its `addr` is ignored) bound on
+    /// 127.0.0.1:0 too: see [`Gate::ws_addr`].
+    pub fn start_websocket(toml: &str, dir: tempfile::TempDir) -> Gate {
+        Self::start_inner(toml, dir, true)
+    }
+
+    /// The WebSocket listener's address (after [`Gate::start_websocket`]).
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr.expect("started with Gate::start_websocket")
+    }
+
+    fn start_inner(toml: &str, dir: tempfile::TempDir, websocket: bool) -> Gate {
         let settings =
             natsgate::config::Settings::from_toml_str(toml, dir.path()).unwrap_or_else(|e| {
                 panic!("natsgate rejected the test config: {e}\n--- config ---\n{toml}")
@@ -45,7 +63,24 @@ impl Gate {
         let shutdown = CancellationToken::new();
         let exit = Arc::new(Mutex::new(None));
         let exit2 = Arc::clone(&exit);
-        let fut = natsgate::run(settings, listener, shutdown.clone());
+        let mut ws_addr = None;
+        let fut: std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<(), natsgate::Error>> + Send>,
+        > = if websocket {
+            let ws = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+            ws.set_nonblocking(true).expect("set_nonblocking");
+            let ws = tokio::net::TcpListener::from_std(ws).expect("tokio listener");
+            ws_addr = Some(ws.local_addr().expect("local_addr"));
+            Box::pin(natsgate::run_with_websocket(
+                settings,
+                listener,
+                ws,
+                None,
+                shutdown.clone(),
+            ))
+        } else {
+            Box::pin(natsgate::run(settings, listener, shutdown.clone()))
+        };
         let handle = tokio::spawn(async move {
             let r = fut.await.map_err(|e| format!("{e} ({e:?})"));
             if let Err(e) = &r {
@@ -55,6 +90,7 @@ impl Gate {
         });
         Gate {
             addr,
+            ws_addr,
             shutdown,
             handle: Some(handle),
             exit,

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod process;
 pub mod raw;
 pub mod server;
+pub mod ws;
 
 pub use gate::Gate;
 pub use raw::{DEFAULT_TIMEOUT, FlushError, Frame, RawClient, ReadError};

@@ -90,6 +90,17 @@ impl NatsServer {
         std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// The port of the server's `websocket {}` listener (its ports file
+    /// lists it), when it has one.
+    pub fn websocket_port(&self) -> Option<u16> {
+        let pid = self.child.as_ref()?.id();
+        let path = self.dir.path().join(format!("nats-server_{pid}.ports"));
+        let text = std::fs::read_to_string(path).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let url = v.get("websocket")?.as_array()?.first()?.as_str()?;
+        url.rsplit(':').next()?.parse().ok()
+    }
+
     /// The server's private working directory (config, ports file, log).
     pub fn dir(&self) -> &Path {
         self.dir.path()
