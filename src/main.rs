@@ -93,6 +93,14 @@ fn check(path: &Path, settings: &Settings) -> ExitCode {
     };
     line(&mut out, format!("config: {} (ok)", path.display()));
     line(&mut out, format!("listen: {}", settings.listen.addr));
+    if let Some(ws) = &settings.websocket {
+        let scheme = if ws.tls.is_some() {
+            "wss"
+        } else {
+            "ws (no_tls)"
+        };
+        line(&mut out, format!("websocket: {} ({scheme})", ws.addr));
+    }
 
     line(&mut out, String::new());
     line(&mut out, "upstream servers:".into());

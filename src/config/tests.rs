@@ -306,6 +306,40 @@ fn jwt_only_fixture() {
 }
 
 #[test]
+fn websocket_fixture_sets_everything() {
+    let s = load_valid("websocket.toml");
+    let ws = s.websocket.expect("[websocket]");
+    assert_eq!(ws.addr, "127.0.0.1:8443");
+    let tls = ws.tls.expect("[websocket.tls]");
+    assert!(tls.cert_file.ends_with("keys/tls/server.pem"));
+    assert!(tls.ca_file.is_some());
+    assert_eq!(ws.allowed_origins.len(), 2);
+    assert!(ws.same_origin && ws.compression);
+    assert_eq!(ws.handshake_timeout, Duration::from_secs(5));
+    assert_eq!(
+        ws.trusted_proxies,
+        vec![
+            "10.0.0.0/8".parse::<ipnet::IpNet>().unwrap(),
+            "192.168.1.7/32".parse().unwrap()
+        ]
+    );
+}
+
+#[test]
+fn websocket_defaults() {
+    let users = format!(
+        "[websocket]\naddr = \"127.0.0.1:0\"\nno_tls = true\n\n[[users]]\nnkey = \"{SVC_A}\"\n"
+    );
+    let ws = inline(&users).unwrap().websocket.unwrap();
+    assert!(ws.tls.is_none());
+    assert!(ws.allowed_origins.is_empty() && !ws.same_origin && !ws.compression);
+    assert_eq!(ws.handshake_timeout, DEFAULT_WS_HANDSHAKE_TIMEOUT);
+    assert!(ws.trusted_proxies.is_empty());
+    let without = format!("[[users]]\nnkey = \"{SVC_A}\"\n");
+    assert!(inline(&without).unwrap().websocket.is_none());
+}
+
+#[test]
 fn kv_fixture_names_the_bucket_and_takes_the_defaults() {
     let settings = load_valid("jwt-kv.toml");
     let jwt = settings.jwt.expect("[jwt] is set");
