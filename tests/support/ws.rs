@@ -61,6 +61,8 @@ pub struct WsClient {
     pub info: serde_json::Value,
     /// INFOs after the first.
     pub infos: Vec<serde_json::Value>,
+    /// A write failed (the server had closed).
+    pub write_failed: bool,
     eof: bool,
 }
 
@@ -148,6 +150,7 @@ impl WsClient {
             data_frames: Vec::new(),
             info: serde_json::Value::Null,
             infos: Vec::new(),
+            write_failed: false,
             eof: false,
         };
         match c.read_frame().await {
@@ -186,11 +189,13 @@ impl WsClient {
         out
     }
 
+    /// Writes `bytes`; a failed write (the server closed) is not an error
+    /// here: what the server did is read afterwards.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
-        tokio::time::timeout(WS_TIMEOUT, self.stream.write_all(bytes))
+        let written = tokio::time::timeout(WS_TIMEOUT, self.stream.write_all(bytes))
             .await
-            .expect("write in time")
-            .expect("write");
+            .expect("write in time");
+        self.write_failed |= written.is_err();
     }
 
     /// NATS bytes as one binary frame.
