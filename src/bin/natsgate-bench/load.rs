@@ -47,7 +47,7 @@ impl Moved {
 
 /// `count` copies of `PUB <subject> <size>` with a payload of `size` bytes,
 /// at least [`WRITE_CHUNK`] bytes in all. Returns the buffer and `count`.
-fn pub_chunk(subject: &str, size: usize) -> (Vec<u8>, u64) {
+pub fn pub_chunk(subject: &str, size: usize) -> (Vec<u8>, u64) {
     let mut frame = format!("PUB {subject} {size}\r\n").into_bytes();
     frame.extend((0..size).map(|i| b'a' + (i % 26) as u8));
     frame.extend_from_slice(b"\r\n");

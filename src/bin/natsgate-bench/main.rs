@@ -23,6 +23,9 @@
 //!   how busy the whole machine was meanwhile;
 //! - JWT connection rate: natsgate against nats-server in operator mode with
 //!   the same JWTs;
+//! - WebSocket publish (`websocket`, see `ws.rs`): through natsgate's
+//!   `[websocket]` listener against nats-server's own `websocket {}` one
+//!   (shown as "direct"), the same JWT user;
 //! - memory per idle connection (10,000 by default) of fresh processes, and of
 //!   the nats-server behind the relay and natsgate. The bench raises its
 //!   open-file limit (the hard limit too, when it may) before it starts the
@@ -40,6 +43,7 @@ mod memory;
 mod procs;
 mod setup;
 mod table;
+mod ws;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -63,7 +67,7 @@ usage: natsgate-bench [--quick] [--rounds N] [--seconds S] [--clients N] [--nats
   --natsgate PATH  the natsgate binary (default: `natsgate` next to this
                    binary, else natsgate's library run by this binary)
   --only LIST      comma-separated subset of: publish, pubsub, reqrep,
-                   manyclients, connect, memory (default: all)
+                   manyclients, connect, websocket, memory (default: all)
   --pace MS        manyclients latency: each of the 100 publishers sends one
                    message per MS milliseconds (default 100)
 
@@ -85,12 +89,13 @@ struct Options {
 /// Below this many idle clients the memory figure says too little.
 const MIN_IDLE_CLIENTS: u64 = 1000;
 
-const PARTS: [&str; 6] = [
+const PARTS: [&str; 7] = [
     "publish",
     "pubsub",
     "reqrep",
     "manyclients",
     "connect",
+    "websocket",
     "memory",
 ];
 
@@ -486,6 +491,18 @@ fn bench(mut o: Options) -> Result<(), String> {
         rows.push(conns);
     }
 
+    if o.wants("websocket") {
+        websocket(
+            o,
+            &s,
+            &server_bin,
+            gate_bin.as_deref(),
+            &ids,
+            started,
+            &mut rows,
+        )?;
+    }
+
     let gate_log = s.gate.log_summary();
     // The memory figure uses fresh processes; these are no longer needed.
     drop(s);
@@ -605,6 +622,73 @@ fn many_clients(
     }
     progress(&cpu, started);
     cpu_rows.push(cpu);
+    Ok(())
+}
+
+/// The `websocket` rows: publish msg/s over WebSocket, natsgate's listener
+/// (upstream over TCP) against nats-server's own (operator mode, the same
+/// JWT user, shown as "direct"), alternately per round; and natsgate's
+/// CPU per message.
+fn websocket(
+    o: &Options,
+    s: &Setup,
+    server_bin: &std::path::Path,
+    gate_bin: Option<&std::path::Path>,
+    ids: &setup::Identities,
+    started: Instant,
+    rows: &mut Vec<Row>,
+) -> Result<(), String> {
+    let dir = procs::ScratchDir::new().map_err(|e| format!("scratch dir: {e}"))?;
+    let config = format!(
+        "{}websocket {{\n  listen: \"127.0.0.1:-1\"\n  no_tls: true\n}}\n",
+        setup::operator_server_config(ids)
+    );
+    let server = NatsServer::start(server_bin, dir.path(), "ws-server", &config)?;
+    let server_ws = server
+        .websocket_addr()
+        .ok_or("nats-server did not report its websocket port")?;
+    // natsgate's WebSocket port: a free one picked here (its log is not
+    // read for a second address).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))?
+        .port();
+    let gate_config = setup::write_gate_config(&dir.path().join("gate-ws"), ids, s.plain.addr)
+        .map_err(|e| format!("natsgate config: {e}"))?;
+    let mut text = std::fs::read_to_string(&gate_config).map_err(|e| e.to_string())?;
+    text.push_str(&format!(
+        "\n[websocket]\naddr = \"127.0.0.1:{port}\"\nno_tls = true\n"
+    ));
+    std::fs::write(&gate_config, text).map_err(|e| e.to_string())?;
+    let gate = procs::start_natsgate(gate_bin, &gate_config)?;
+    let gate_ws = SocketAddr::from(([127, 0, 0, 1], port));
+    let target = |c: Config| match c {
+        Config::Gate => Some((gate_ws, cpu::Probe::new(gate.pid()))),
+        Config::Direct => Some((server_ws, cpu::Probe::new(server.pid()))),
+        Config::Relay => None,
+    };
+    for &(size, label) in &[(128usize, "128 B"), (1024, "1 KiB")] {
+        let mut row = Row::new(format!("ws publish {label}"), "msg/s", Target::Info);
+        let mut cpu = Row::new(format!("cpu/msg ws publish {label}"), "ns", Target::Info);
+        for round in 0..o.rounds {
+            for c in rotated(round) {
+                let Some((addr, probe)) = target(c) else {
+                    continue;
+                };
+                let m = ctx(
+                    "ws publish",
+                    c,
+                    ws::publish(addr, &s.user, probe, size, o.measure),
+                )?;
+                row.push(c, m.rate());
+                cpu.push_some(c, m.cpu_ns_per_msg());
+            }
+        }
+        progress(&row, started);
+        progress(&cpu, started);
+        rows.push(row);
+        rows.push(cpu);
+    }
     Ok(())
 }
 

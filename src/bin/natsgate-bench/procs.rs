@@ -276,6 +276,19 @@ impl NatsServer {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
+
+    /// The address of the server's `websocket {}` listener, from its ports
+    /// file (`None` without one).
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        let ports = self
+            .dir
+            .join(format!("nats-server_{}.ports", self.child.id()));
+        let text = std::fs::read_to_string(ports).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let url = v.get("websocket")?.as_array()?.first()?.as_str()?;
+        let port = url.rsplit(':').next()?.parse().ok()?;
+        Some(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
 }
 
 impl Drop for NatsServer {
