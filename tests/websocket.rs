@@ -31,11 +31,16 @@ struct Setup {
 /// natsgate with `[websocket]` (+ `ws_extra` lines), static users alice
 /// (everything) and bob (may not subscribe to `secret.>`).
 fn setup(ws_extra: &str) -> Setup {
+    setup_with("", ws_extra)
+}
+
+/// As [`setup`], with more `[listen]` lines.
+fn setup_with(listen_extra: &str, ws_extra: &str) -> Setup {
     let upstream = NatsServer::start(&j::upstream_config(PASSWORD));
     let alice = keys::new_user();
     let bob = keys::new_user();
     let toml = format!(
-        "[listen]\naddr = \"127.0.0.1:0\"\nmax_payload = 4096\n\n\
+        "[listen]\naddr = \"127.0.0.1:0\"\nmax_payload = 4096\n{listen_extra}\n\n\
          [upstream]\nservers = [{}]\nuser = \"gate\"\npassword = {}\n\n\
          [websocket]\naddr = \"127.0.0.1:0\"\nno_tls = true\n{ws_extra}\n\n\
          [[users]]\nnkey = {}\nname = \"alice\"\n\n\
@@ -548,4 +553,61 @@ async fn forwarded_address_believed_only_from_trusted_proxies() {
     let c = WsClient::connect(s.gate.ws_addr(), xff).await;
     assert_eq!(c.info["client_ip"], "127.0.0.1");
     drop((jwt_src, kp_src));
+}
+
+#[tokio::test]
+async fn shutdown_closes_websocket_clients_with_1001() {
+    let s = setup_with("shutdown_grace = \"300ms\"", "");
+    let mut c = ws_login(&s, &s.alice, "").await;
+    let Setup { gate, .. } = s;
+    let stopped = tokio::spawn(gate.shutdown(Duration::from_secs(5)));
+    let close = c.read_close().await.expect("a close frame");
+    assert_eq!(close_parts(&close), (1001, "Server Shutdown".to_string()));
+    assert!(
+        c.unparsed().contains("\"ldm\":true"),
+        "lame-duck INFO first: {}",
+        c.unparsed()
+    );
+    stopped.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn auth_timeout_over_websocket() {
+    let s = setup_with("auth_timeout = \"300ms\"", "");
+    let mut c = WsClient::connect(s.gate.ws_addr(), "").await;
+    assert_eq!(c.read_frame().await, Frame::err("Authentication Timeout"));
+    let close = c.read_close().await.expect("a close frame");
+    assert_eq!(
+        close_parts(&close),
+        (1008, "Authentication Timeout".to_string())
+    );
+}
+
+#[tokio::test]
+async fn max_connections_counts_both_listeners() {
+    let s = setup_with("max_connections = 1", "");
+    let _tcp = tcp_client(&s, &s.alice).await;
+    let mut c = WsClient::connect(s.gate.ws_addr(), "").await;
+    assert_eq!(
+        c.read_frame().await,
+        Frame::err("maximum connections exceeded")
+    );
+    let close = c.read_close().await.expect("a close frame");
+    assert_eq!(close_parts(&close).0, 1008);
+}
+
+#[tokio::test]
+async fn handshake_timeout_closes_a_silent_connection() {
+    let s = setup("handshake_timeout = \"200ms\"");
+    let mut stream = tokio::net::TcpStream::connect(s.gate.ws_addr())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::io::AsyncReadExt::read(&mut stream, &mut buf),
+    )
+    .await
+    .expect("closed within the bound");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }

@@ -945,6 +945,30 @@ mod tests {
     }
 
     #[test]
+    fn transport_connections_and_websocket_upgrades() {
+        let m = Metrics::new();
+        m.transport_connection("websocket", true);
+        m.transport_connection("websocket", true);
+        m.transport_connection("tcp", true);
+        m.transport_connection("websocket", false);
+        m.websocket_upgrade("ok");
+        m.websocket_upgrade("403");
+        let get = |name, labels: &[(&str, &str)]| value(&m, name, labels);
+        let ws = [("transport", "websocket")];
+        assert_eq!(get("natsgate_transport_connections", &ws), Some(1.0));
+        let tcp = [("transport", "tcp")];
+        assert_eq!(get("natsgate_transport_connections", &tcp), Some(1.0));
+        let refused = [("result", "403")];
+        assert_eq!(
+            get("natsgate_websocket_upgrades_total", &refused),
+            Some(1.0)
+        );
+        let text = m.render();
+        assert!(text.contains("# TYPE natsgate_transport_connections gauge"));
+        assert!(text.contains("# TYPE natsgate_websocket_upgrades_total counter"));
+    }
+
+    #[test]
     fn every_series_has_help_and_type() {
         let m = Metrics::new();
         // Vec series only appear once a label value exists.

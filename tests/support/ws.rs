@@ -266,6 +266,11 @@ impl WsClient {
         }
     }
 
+    /// The NATS bytes read and not parsed yet, as text.
+    pub fn unparsed(&self) -> String {
+        String::from_utf8_lossy(&self.nats).into_owned()
+    }
+
     /// Whether the server ends the TCP stream (EOF or reset) within the
     /// bound, having sent no close frame.
     pub async fn dropped_without_close(&mut self) -> bool {
