@@ -302,3 +302,79 @@ async fn the_auth_timeout_covers_the_tls_handshake() {
         "a client that never starts TLS is closed by the auth timeout, took {took:?}"
     );
 }
+
+/// `wss://`: `[websocket.tls]` with the server certificate; a WebSocket
+/// client (tokio-tungstenite over tokio-rustls, trusting the test CA) logs
+/// in and round-trips a message.
+#[tokio::test]
+async fn websocket_over_tls() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let pki = Pki::new();
+    let upstream = plain_upstream();
+    let kp = keys::new_user();
+    let other = keys::new_user();
+    let mut toml = gate_toml(&upstream.url(), "", "", &kp, &other);
+    toml.push_str(&format!(
+        "\n[websocket]\naddr = \"127.0.0.1:0\"\n[websocket.tls]\ncert_file = {}\nkey_file = {}\n",
+        pki.toml_path("server.pem"),
+        pki.toml_path("server-key.pem"),
+    ));
+    let gate = Gate::start_websocket(&toml, tempfile::tempdir().unwrap());
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(pki.path("ca.pem")).unwrap();
+    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(gate.ws_addr())
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .expect("TLS in time")
+        .expect("TLS handshake");
+    let url = format!("wss://localhost:{}/", gate.ws_addr().port());
+    let (mut ws, response) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::client_async(url, tls),
+    )
+    .await
+    .expect("upgrade in time")
+    .expect("upgrade");
+    assert_eq!(response.status(), 101);
+    let mut nats = Vec::new();
+    let mut next = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
+        if let Some((frame, used)) = support::raw::parse_frame(&nats).unwrap() {
+            nats.drain(..used);
+            return frame;
+        }
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("frame");
+        if let Message::Binary(b) = msg {
+            nats.extend_from_slice(&b);
+        }
+    };
+    let support::Frame::Info(info) = next(&mut ws).await else {
+        panic!("INFO first");
+    };
+    let sig = keys::sign_nonce(&kp, info["nonce"].as_str().unwrap());
+    let connect = json!({"verbose": false, "protocol": 0, "nkey": kp.public_key(), "sig": sig});
+    let ops = format!("CONNECT {connect}\r\nSUB wss 1\r\nPUB wss 3\r\nenc\r\nPING\r\n");
+    ws.send(Message::binary(ops.into_bytes())).await.unwrap();
+    assert_eq!(next(&mut ws).await, support::Frame::msg("wss", "1", b"enc"));
+    assert_eq!(next(&mut ws).await, support::Frame::Pong);
+}
