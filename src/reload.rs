@@ -203,6 +203,7 @@ fn restart_needed(old: &Settings, new: &Settings) -> Vec<&'static str> {
         ("metrics", old.metrics != new.metrics),
         ("log", old.log != new.log),
         ("jetstream", old.jetstream != new.jetstream),
+        ("websocket", old.websocket != new.websocket),
     ]
     .into_iter()
     .filter_map(|(section, changed)| changed.then_some(section))
