@@ -183,7 +183,7 @@ pub async fn accept_websocket(
                 Ok(stream) => {
                     if let Some((transport, client)) = upgrade(&gate, &setup, stream, peer).await {
                         if full {
-                            refuse_websocket(&gate, transport, client, client_id).await;
+                            refuse_websocket(&gate, transport, client.addr, client_id).await;
                         } else {
                             session::run_websocket(
                                 gate.clone(),
@@ -219,14 +219,14 @@ struct Upgrade {
 }
 
 /// TLS (when configured), then the HTTP upgrade, within the handshake
-/// timeout. Returns the connection as a [`Transport::Ws`] and the client's
-/// address (forwarded, from a trusted proxy); `None` when refused.
+/// timeout. Returns the connection as a [`Transport::Ws`] and what the
+/// upgrade said of the client; `None` when refused.
 async fn upgrade(
     gate: &Gate,
     setup: &Upgrade,
     tcp: TcpStream,
     peer: SocketAddr,
-) -> Option<(Transport, SocketAddr)> {
+) -> Option<(Transport, session::WebsocketClient)> {
     let _ = tcp.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + setup.timeout;
     let mut stream = match &setup.tls {
@@ -296,7 +296,11 @@ async fn upgrade(
         max_payload: gate.max_payload(&gate.upstream.facts(), None),
     };
     let transport = Transport::Ws(Box::new(WsTransport::new(inner, options, early)));
-    Some((transport, accepted.client))
+    let client = session::WebsocketClient {
+        addr: accepted.client,
+        cookie_jwt: accepted.cookie_jwt,
+    };
+    Some((transport, client))
 }
 
 /// Sends an upgrade refusal and closes.

@@ -139,6 +139,7 @@ async fn websocket_listener(
             compression: ws.compression,
             tls: ws.tls.is_some(),
             trusted_proxies: ws.trusted_proxies.clone(),
+            jwt_cookie: ws.jwt_cookie.clone(),
         },
         handshake_timeout: ws.handshake_timeout,
         tls,

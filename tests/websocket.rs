@@ -611,3 +611,24 @@ async fn handshake_timeout_closes_a_silent_connection() {
     .expect("closed within the bound");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }
+
+#[tokio::test]
+async fn jwt_cookie_stands_in_for_a_missing_jwt() {
+    let s = jwt_setup("jwt_cookie = \"natsjwt\"");
+    let (jwt, kp) = user_jwt(&s.account, &[], &[]);
+    let cookie = format!("Cookie: theme=dark; natsjwt={jwt}\r\n");
+    let mut c = WsClient::connect(s.gate.ws_addr(), &cookie).await;
+    c.connect_sig_only(&kp).await;
+    c.send(b"PING\r\n").await;
+    assert_eq!(c.read_frame().await, Frame::Pong);
+    // Without the cookie the same CONNECT has no JWT.
+    let mut c = WsClient::connect(s.gate.ws_addr(), "").await;
+    c.connect_sig_only(&kp).await;
+    assert_eq!(c.read_frame().await, Frame::err("Authorization Violation"));
+    // A JWT in the CONNECT wins over the cookie's.
+    let (other_jwt, other_kp) = user_jwt(&s.account, &[], &[]);
+    let mut c = WsClient::connect(s.gate.ws_addr(), &cookie).await;
+    c.connect_jwt(&other_jwt, &other_kp).await;
+    c.send(b"PING\r\n").await;
+    assert_eq!(c.read_frame().await, Frame::Pong);
+}

@@ -228,7 +228,7 @@ async fn same_outcomes_as_nats_servers_own_websocket_listener() {
 
     // Side D: nats-server's own websocket listener.
     let ws_block = format!(
-        "websocket {{\n  listen: \"127.0.0.1:-1\"\n  no_tls: true\n  compression: true\n  allowed_origins: [\"{ORIGIN}\"]\n}}\n"
+        "websocket {{\n  listen: \"127.0.0.1:-1\"\n  no_tls: true\n  compression: true\n  allowed_origins: [\"{ORIGIN}\"]\n  jwt_cookie: \"natsjwt\"\n}}\n"
     );
     let direct = NatsServer::start(&format!(
         "{}{ws_block}",
@@ -250,7 +250,7 @@ async fn same_outcomes_as_nats_servers_own_websocket_listener() {
         &accounts,
     );
     toml.push_str(&format!(
-        "\n[websocket]\naddr = \"127.0.0.1:0\"\nno_tls = true\ncompression = true\nallowed_origins = [\"{ORIGIN}\"]\n"
+        "\n[websocket]\naddr = \"127.0.0.1:0\"\nno_tls = true\ncompression = true\nallowed_origins = [\"{ORIGIN}\"]\njwt_cookie = \"natsjwt\"\n"
     ));
     let gate = Gate::start_websocket(&toml, dir);
     let g = gate.ws_addr();
@@ -416,6 +416,29 @@ async fn same_outcomes_as_nats_servers_own_websocket_listener() {
         login_case(d, &jwt, &other, b"").await,
         login_case(g, &jwt, &other, b"").await,
     );
+
+    // The JWT from the `jwt_cookie` cookie: alone, and beside a CONNECT
+    // that has its own.
+    let (jwt, kp) = user(&users, |_| {});
+    let (other_jwt, other_kp) = user(&users, |l| {
+        l.allowed_connection_types = vec!["STANDARD".into()]
+    });
+    for (name, with_own) in [("cookie JWT", false), ("cookie and CONNECT JWT", true)] {
+        let run = async |addr: SocketAddr| {
+            let mut t = Vec::new();
+            let mut c = WsClient::connect(addr, &format!("Cookie: a=b; natsjwt={jwt}\r\n")).await;
+            if with_own {
+                c.connect_jwt(&other_jwt, &other_kp).await;
+            } else {
+                c.connect_sig_only(&kp).await;
+            }
+            c.send(b"PING\r\n").await;
+            transcript(&mut c, &mut t).await;
+            t
+        };
+        cases += 1;
+        compare(name, run(d).await, run(g).await);
+    }
 
     // Frames.
     let (jwt, kp) = user(&users, |_| {});

@@ -49,6 +49,7 @@ pub(super) struct WebsocketFile {
     pub handshake_timeout: Option<String>,
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    pub jwt_cookie: Option<String>,
 }
 
 /// `[listen]`

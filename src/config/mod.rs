@@ -110,6 +110,9 @@ pub struct WebsocketSettings {
     pub handshake_timeout: Duration,
     /// Peers whose `X-Forwarded-For` / `Forwarded` header is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The cookie whose value is the user JWT when the CONNECT has none
+    /// (nats-server's `jwt_cookie`); needs `[jwt]`.
+    pub jwt_cookie: Option<String>,
 }
 
 /// `[upstream]`: the nats-server natsgate logs in to.

@@ -41,6 +41,7 @@ impl Context<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         self.check_unique_users(&users)?;
         let jwt = model.jwt.as_ref().map(|jwt| self.jwt(jwt)).transpose()?;
+        let jwt_mode = jwt.is_some();
         if users.is_empty() && jwt.is_none() {
             return Err(self.invalid(
                 "users",
@@ -82,7 +83,7 @@ impl Context<'_> {
             websocket: model
                 .websocket
                 .as_ref()
-                .map(|w| self.websocket(w))
+                .map(|w| self.websocket(w, jwt_mode))
                 .transpose()?,
             base_dir: self.base_dir.to_path_buf(),
             source: None,
@@ -312,7 +313,7 @@ impl Context<'_> {
 
     // === [websocket] ===
 
-    fn websocket(&self, ws: &WebsocketFile) -> Result<WebsocketSettings, ConfigError> {
+    fn websocket(&self, ws: &WebsocketFile, jwt: bool) -> Result<WebsocketSettings, ConfigError> {
         check_host_port(&ws.addr, true).map_err(|p| self.invalid("websocket.addr", p))?;
         let tls = match &ws.tls {
             None if !ws.no_tls => {
@@ -370,7 +371,26 @@ impl Context<'_> {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(name) = &ws.jwt_cookie {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+            {
+                return Err(self.invalid(
+                    "websocket.jwt_cookie",
+                    format!("{name:?} is not a cookie name"),
+                ));
+            }
+            if !jwt {
+                return Err(self.invalid(
+                    "websocket.jwt_cookie",
+                    "JWT authentication via a cookie needs [jwt] (trusted operators)",
+                ));
+            }
+        }
         Ok(WebsocketSettings {
+            jwt_cookie: ws.jwt_cookie.clone(),
             addr: ws.addr.clone(),
             tls,
             allowed_origins: ws.allowed_origins.clone(),

@@ -85,23 +85,34 @@ pub async fn run(
     serve(gate, Accepted::Tcp(client), peer, client_id, shutdown).await;
 }
 
+/// What the WebSocket upgrade said of a client.
+#[derive(Debug, Clone)]
+pub struct WebsocketClient {
+    /// Its address: the forwarded one when the peer was a trusted proxy.
+    pub addr: SocketAddr,
+    /// The `jwt_cookie` cookie: the user JWT when the CONNECT has none.
+    pub cookie_jwt: Option<String>,
+}
+
 /// Serves one upgraded WebSocket client ([`Transport::Ws`]) until it
-/// closes. `client` is its address: the forwarded one when the peer was a
-/// trusted proxy.
+/// closes.
 pub async fn run_websocket(
     gate: Arc<Gate>,
     transport: Transport,
-    client: SocketAddr,
+    client: WebsocketClient,
     client_id: u64,
     shutdown: CancellationToken,
 ) {
-    serve(gate, Accepted::Ws(transport), client, client_id, shutdown).await;
+    let addr = client.addr;
+    let accepted = Accepted::Ws(transport, client.cookie_jwt);
+    serve(gate, accepted, addr, client_id, shutdown).await;
 }
 
 /// A connection as the listener hands it over.
 enum Accepted {
     Tcp(TcpStream),
-    Ws(Transport),
+    /// With the `jwt_cookie` value, if any.
+    Ws(Transport, Option<String>),
 }
 
 async fn serve(
@@ -277,6 +288,7 @@ async fn handshake(
     let info = gate
         .client_info(&facts, client_id, peer.ip(), Some(&nonce), None)
         .to_frame();
+    let mut cookie_jwt = None;
     let (mut client, deadline) = match accepted {
         Accepted::Tcp(tcp) => tokio::select! {
             _ = shutdown.cancelled() => return None,
@@ -285,7 +297,8 @@ async fn handshake(
                 (Client::Stream(stream), deadline)
             }
         },
-        Accepted::Ws(transport) => {
+        Accepted::Ws(transport, cookie) => {
+            cookie_jwt = cookie;
             let mut client = Client::Ws(transport);
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
@@ -358,6 +371,13 @@ async fn handshake(
     if let Err(e) = opts.merge_json(&cin[json_len.0..json_len.1]) {
         debug!(error = %e, "bad CONNECT");
         return None;
+    }
+    // nats-server: a WebSocket client's CONNECT without a JWT takes the
+    // `jwt_cookie` one.
+    if opts.jwt.as_deref().is_none_or(str::is_empty)
+        && let Some(cookie) = cookie_jwt
+    {
+        opts.jwt = Some(cookie);
     }
     let _ = cin.split_to(frame_len);
 

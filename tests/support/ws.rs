@@ -226,6 +226,14 @@ impl WsClient {
         self.send(format!("CONNECT {json}\r\n").as_bytes()).await;
     }
 
+    /// CONNECT with only the nonce signature (the JWT comes from a cookie).
+    pub async fn connect_sig_only(&mut self, kp: &nkeys::KeyPair) {
+        let sig = super::keys::sign_nonce(kp, &self.nonce());
+        let json =
+            serde_json::json!({"verbose": false, "pedantic": false, "protocol": 1, "sig": sig});
+        self.send(format!("CONNECT {json}\r\n").as_bytes()).await;
+    }
+
     /// The next NATS frame from the data frames (panics on timeout/EOF).
     pub async fn read_frame(&mut self) -> Frame {
         match self.try_read_frame().await {

@@ -78,6 +78,19 @@ impl Request {
             .any(|t| t.trim_matches([' ', '\t']).eq_ignore_ascii_case(token))
     }
 
+    /// The value of cookie `name` in the `Cookie` headers (the last one
+    /// when sent more than once, as nats-server's loop over them keeps).
+    fn cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("Cookie"))
+            .flat_map(|(_, v)| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v.trim_matches('"').to_string())
+            .next_back()
+    }
+
     /// Whether `permessage-deflate` is among the offered extensions.
     fn offers_deflate(&self) -> bool {
         self.headers
@@ -102,6 +115,8 @@ pub struct UpgradeOptions {
     /// `same_origin`.
     pub tls: bool,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `jwt_cookie`: the cookie read as the user JWT.
+    pub jwt_cookie: Option<String>,
 }
 
 /// An accepted upgrade.
@@ -117,6 +132,8 @@ pub struct Accepted {
     /// The client's address: the forwarded one when the peer is a trusted
     /// proxy, else the peer's.
     pub client: SocketAddr,
+    /// The `jwt_cookie` cookie's value, when configured and sent.
+    pub cookie_jwt: Option<String>,
 }
 
 /// A refused upgrade: the HTTP answer, then close.
@@ -190,6 +207,10 @@ pub fn decide(
         no_masking,
         browser,
         client: client_address(request, &options.trusted_proxies, peer),
+        cookie_jwt: options
+            .jwt_cookie
+            .as_deref()
+            .and_then(|name| request.cookie(name)),
     })
 }
 
@@ -515,6 +536,19 @@ mod tests {
             403
         );
         assert_eq!(check(&same, "null").unwrap_err().status, 403);
+    }
+
+    #[test]
+    fn jwt_cookie_is_read_when_configured() {
+        let r = request("Cookie: theme=dark; jwt=eyJhbGc.abc.def\r\nCookie: other=1\r\n");
+        let with = UpgradeOptions {
+            jwt_cookie: Some("jwt".into()),
+            ..Default::default()
+        };
+        let ok = decide(&r, &with, peer("127.0.0.1")).unwrap();
+        assert_eq!(ok.cookie_jwt.as_deref(), Some("eyJhbGc.abc.def"));
+        let ok = decide(&r, &UpgradeOptions::default(), peer("127.0.0.1")).unwrap();
+        assert_eq!(ok.cookie_jwt, None, "not configured: not read");
     }
 
     #[test]
