@@ -46,6 +46,8 @@ pub struct Gate {
     /// natsgate's own server id (an `N...` public key), shown in INFO.
     pub server_id: String,
     pub listen: SocketAddr,
+    /// The `[websocket]` listener's address, once bound.
+    pub websocket_listen: std::sync::OnceLock<SocketAddr>,
     /// Bumped after every accepted account update; JWT sessions watch it.
     accounts_generation: watch::Sender<u64>,
     /// Open connections per account public key (for the account `conn`
@@ -110,6 +112,7 @@ impl Gate {
             tls_server,
             server_id: nkeys::KeyPair::new_server().public_key(),
             listen,
+            websocket_listen: std::sync::OnceLock::new(),
             accounts_generation: watch::Sender::new(0),
             account_connections: Mutex::new(HashMap::new()),
             user_info_seq: AtomicU64::new(0),
@@ -345,6 +348,26 @@ impl Gate {
             api_lvl: facts.api_lvl,
             ..ClientInfo::default()
         }
+    }
+
+    /// A WebSocket client's INFO, as nats-server's `generateClientInfoJSON`
+    /// makes it: the listener's host and port, `tls_required` when the
+    /// listener is `wss://`, no `connect_urls` (there is no advertise list
+    /// for it).
+    pub fn websocket_info(&self, info: &mut ClientInfo) {
+        let tls = self
+            .settings
+            .websocket
+            .as_ref()
+            .and_then(|w| w.tls.as_ref());
+        info.tls_required = tls.is_some();
+        info.tls_available = tls.is_some();
+        info.tls_verify = tls.is_some_and(|t| t.ca_file.is_some());
+        if let Some(addr) = self.websocket_listen.get() {
+            info.host = addr.ip().to_string();
+            info.port = addr.port();
+        }
+        info.connect_urls = Vec::new();
     }
 
     /// nats-server's `ServerInfo` of its system replies (`server` in the

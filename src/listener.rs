@@ -329,9 +329,9 @@ async fn refuse_websocket(
     client_id: u64,
 ) {
     let facts = gate.upstream.facts();
-    let mut frame = gate
-        .client_info(&facts, client_id, client.ip(), None, None)
-        .to_frame();
+    let mut info = gate.client_info(&facts, client_id, client.ip(), None, None);
+    gate.websocket_info(&mut info);
+    let mut frame = info.to_frame();
     frame.extend_from_slice(encode::ERR_MAX_CONNECTIONS);
     transport.closing_with(Some(encode::ERR_MAX_CONNECTIONS));
     let mut queue = crate::transport::OutQueue::default();

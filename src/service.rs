@@ -172,6 +172,7 @@ async fn run_all(
     if let Some(ws) = &websocket_listener
         && let Ok(addr) = ws.listener.local_addr()
     {
+        let _ = gate.websocket_listen.set(addr);
         info!(addr = %addr, "websocket listening");
     }
     if !gate.upstream.probe().await {

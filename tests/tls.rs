@@ -371,6 +371,10 @@ async fn websocket_over_tls() {
     let support::Frame::Info(info) = next(&mut ws).await else {
         panic!("INFO first");
     };
+    assert_eq!(
+        info["tls_required"], true,
+        "wss: tls_required as nats-server says it"
+    );
     let sig = keys::sign_nonce(&kp, info["nonce"].as_str().unwrap());
     let connect = json!({"verbose": false, "protocol": 0, "nkey": kp.public_key(), "sig": sig});
     let ops = format!("CONNECT {connect}\r\nSUB wss 1\r\nPUB wss 3\r\nenc\r\nPING\r\n");

@@ -122,6 +122,12 @@ async fn tungstenite_client_publishes_subscribes_and_requests() {
         panic!("INFO first")
     };
     assert!(info.get("tls_required").is_none_or(|v| v == false));
+    // As nats-server: the WebSocket listener's port, no connect_urls.
+    assert_eq!(info["port"], s.gate.ws_addr().port());
+    assert!(
+        info.get("connect_urls")
+            .is_none_or(|v| v.as_array().is_some_and(|a| a.is_empty()))
+    );
     let nonce = info["nonce"].as_str().unwrap().to_string();
     let connect = serde_json::json!({"verbose": false, "pedantic": false, "protocol": 1,
         "nkey": s.alice.public_key(), "sig": keys::sign_nonce(&s.alice, &nonce), "headers": true});

@@ -255,6 +255,18 @@ async fn same_outcomes_as_nats_servers_own_websocket_listener() {
     let gate = Gate::start_websocket(&toml, dir);
     let g = gate.ws_addr();
 
+    // The INFO over WebSocket: the listener's own port, no TLS.
+    for (addr, side) in [(d, "nats-server"), (g, "natsgate")] {
+        let c = WsClient::connect(addr, "").await;
+        assert_eq!(c.info["port"], addr.port(), "{side}: {}", c.info);
+        assert!(
+            c.info.get("tls_required").is_none_or(|v| v == false),
+            "{side}"
+        );
+        assert!(c.info["nonce"].is_string(), "{side}");
+        assert_eq!(c.info["client_ip"], "127.0.0.1", "{side}");
+    }
+
     let mut failures = Vec::new();
     let mut compare = |name: &str, a: Vec<String>, b: Vec<String>| {
         if a != b {

@@ -285,9 +285,11 @@ async fn handshake(
 ) -> Option<Relay> {
     let nonce = new_nonce();
     let facts = gate.upstream.facts();
-    let info = gate
-        .client_info(&facts, client_id, peer.ip(), Some(&nonce), None)
-        .to_frame();
+    let mut info = gate.client_info(&facts, client_id, peer.ip(), Some(&nonce), None);
+    if matches!(accepted, Accepted::Ws(..)) {
+        gate.websocket_info(&mut info);
+    }
+    let info = info.to_frame();
     let mut cookie_jwt = None;
     let (mut client, deadline) = match accepted {
         Accepted::Tcp(tcp) => tokio::select! {

@@ -210,6 +210,9 @@ impl Relay {
             Some(&user.identity),
         );
         info.max_payload = i64::try_from(user.limits.max_payload).unwrap_or(i64::MAX);
+        if self.client.transport.is_websocket() {
+            self.gate.websocket_info(&mut info);
+        }
         if ldm {
             info.ldm = true;
         } else {
