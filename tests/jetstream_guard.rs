@@ -124,6 +124,39 @@ async def main():
     except Exception:
         pass
     print("victim", "OK", len(got), flush=True)
+
+    # Listings: HIDDEN holds nothing the reader may read.
+    await ajs.add_stream(name="HIDDEN", subjects=["hidden.>"])
+    async def listed():
+        infos = await js.streams_info()
+        return ",".join(sorted(i.config.name for i in infos))
+    await step("stream_list", listed())
+    async def names(body=b""):
+        import json
+        reply = json.loads((await r.request("$JS.API.STREAM.NAMES", body, timeout=2)).data)
+        return f"{reply['total']}:{','.join(reply['streams'] or [])}"
+    await step("stream_names", names())
+    await step("stream_names_offset", names(b'{"offset":3}'))
+    await step("stream_names_hidden_subject", names(b'{"subject":"hidden.x"}'))
+
+    # Consumers someone else made, on the secret half: a durable pull
+    # consumer the reader binds to, and a push consumer aimed at the
+    # reader's inbox.
+    await ajs.add_consumer("ORDERS", config=ConsumerConfig(
+        durable_name="SECRETS", filter_subject="orders.secret.>"))
+    async def bound():
+        psub = await js.pull_subscribe_bind("SECRETS", "ORDERS")
+        msgs = await psub.fetch(1, timeout=2)
+        return ",".join(m.subject for m in msgs)
+    await step("pull_others_consumer", bound())
+    pushed = await r.subscribe("_INBOX.reader.push")
+    await r.flush()
+    await ajs.add_consumer("ORDERS", config=ConsumerConfig(
+        durable_name="PUSHED", filter_subject="orders.secret.>",
+        deliver_subject="_INBOX.reader.push"))
+    async def first_push():
+        return (await pushed.next_msg(timeout=2)).subject
+    await step("push_from_others_consumer", first_push())
     await r.close()
     await a.close()
 
@@ -149,6 +182,12 @@ const GUARDED: &[(&str, &str)] = &[
     ("watch_public", "OK public.a"),
     ("watch_secret", "ERR code=403 natsgate=True"),
     ("victim", "OK 0"),
+    ("stream_list", "OK KV_cfg,KV_dcfg,ORDERS,PUB"),
+    ("stream_names", "OK 4:KV_cfg,KV_dcfg,ORDERS,PUB"),
+    ("stream_names_offset", "OK 4:PUB"),
+    ("stream_names_hidden_subject", "OK 0:"),
+    ("pull_others_consumer", "EXC TimeoutError"),
+    ("push_from_others_consumer", "EXC TimeoutError"),
 ];
 
 struct Users {
@@ -295,6 +334,16 @@ async fn guard_off_is_identical_to_nats_server_direct() {
     assert_eq!(direct_results["get_by_seq"], "OK orders.secret.1");
     assert_eq!(direct_results["pull_secret"], "OK orders.secret.1");
     assert_ne!(direct_results["victim"], "OK 0");
+    assert_eq!(
+        direct_results["stream_list"],
+        "OK HIDDEN,KV_cfg,KV_dcfg,ORDERS,PUB"
+    );
+    assert_eq!(direct_results["stream_names_hidden_subject"], "OK 1:HIDDEN");
+    assert_eq!(direct_results["pull_others_consumer"], "OK orders.secret.1");
+    assert_eq!(
+        direct_results["push_from_others_consumer"],
+        "OK orders.secret.1"
+    );
 }
 
 /// async-nats' JetStream API through the guard: a filtered consumer on the

@@ -219,6 +219,7 @@ struct AllowResponsesTable {
 pub(super) struct JetStreamFile {
     #[serde(default)]
     pub guard: bool,
+    pub filter_listing: Option<bool>,
 }
 
 /// `[policy]`

@@ -306,11 +306,23 @@ impl PolicySettings {
 }
 
 /// `[jetstream]`
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JetStreamSettings {
     /// Whether JetStream API requests are checked against the user's
     /// permissions (`permissions::jetstream`). Default false.
     pub guard: bool,
+    /// With the guard on: whether `STREAM.NAMES`/`STREAM.LIST` answers show
+    /// only the streams the user may read from. Default true.
+    pub filter_listing: bool,
+}
+
+impl Default for JetStreamSettings {
+    fn default() -> JetStreamSettings {
+        JetStreamSettings {
+            guard: false,
+            filter_listing: true,
+        }
+    }
 }
 
 /// `[log]`

@@ -132,6 +132,7 @@ fn minimal_fixture_takes_the_defaults() {
         !settings.jetstream.guard,
         "the JetStream guard is off by default"
     );
+    assert!(settings.jetstream.filter_listing);
     assert_eq!(settings.policy, PolicySettings::default());
     assert!(
         settings.policy.enforce,
@@ -227,6 +228,7 @@ fn full_fixture_sets_everything() {
     assert_eq!(settings.log.level, "debug");
     assert_eq!(settings.log.format, LogFormat::Json);
     assert!(settings.jetstream.guard);
+    assert!(!settings.jetstream.filter_listing);
     assert!(!settings.policy.enforce);
     assert_eq!(settings.policy.report_only_users, ["svc-b"]);
     assert_eq!(settings.policy.report_only_accounts.len(), 2);

@@ -71,6 +71,7 @@ impl Context<'_> {
             log: self.log(&model.log)?,
             jetstream: JetStreamSettings {
                 guard: model.jetstream.guard,
+                filter_listing: model.jetstream.filter_listing.unwrap_or(true),
             },
             policy: self.policy(&model.policy)?,
             limits: self.limits(&model.limits)?,
