@@ -220,6 +220,14 @@ pub(super) struct JetStreamFile {
     #[serde(default)]
     pub guard: bool,
     pub filter_listing: Option<bool>,
+    #[serde(default)]
+    pub guard_users: Vec<String>,
+    #[serde(default)]
+    pub guard_accounts: Vec<String>,
+    #[serde(default)]
+    pub exempt_users: Vec<String>,
+    #[serde(default)]
+    pub exempt_accounts: Vec<String>,
 }
 
 /// `[policy]`
