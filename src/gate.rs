@@ -254,6 +254,17 @@ impl Gate {
         )
     }
 
+    /// Whether the JetStream guard is on for this user (`[jetstream]`).
+    pub fn guards_jetstream(&self, identity: &Identity) -> bool {
+        let account_key = identity.jwt.as_ref().map_or("", |j| j.account_key.as_str());
+        self.settings.jetstream.guards(
+            &identity.user,
+            &identity.name,
+            &identity.account_name,
+            account_key,
+        )
+    }
+
     /// `GET /explain`: the decision for a user of the current config and
     /// JWTs, as JSON, or why the input is bad.
     pub fn explain(

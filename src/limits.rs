@@ -152,6 +152,9 @@ impl Rates {
     /// says when it may be taken (taking nothing then). The wait is at
     /// least [`MIN_PAUSE`], so a throttled session wakes for a batch.
     pub fn take(&self, bytes: u64, now: Instant) -> Result<(), Instant> {
+        if !self.is_limited() {
+            return Ok(());
+        }
         // Always user then account: one order, no deadlock.
         let mut user = self.user.as_ref().map(lock);
         let mut account = self.account.as_ref().map(lock);

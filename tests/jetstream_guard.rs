@@ -124,6 +124,39 @@ async def main():
     except Exception:
         pass
     print("victim", "OK", len(got), flush=True)
+
+    # Listings: HIDDEN holds nothing the reader may read.
+    await ajs.add_stream(name="HIDDEN", subjects=["hidden.>"])
+    async def listed():
+        infos = await js.streams_info()
+        return ",".join(sorted(i.config.name for i in infos))
+    await step("stream_list", listed())
+    async def names(body=b""):
+        import json
+        reply = json.loads((await r.request("$JS.API.STREAM.NAMES", body, timeout=2)).data)
+        return f"{reply['total']}:{','.join(reply['streams'] or [])}"
+    await step("stream_names", names())
+    await step("stream_names_offset", names(b'{"offset":3}'))
+    await step("stream_names_hidden_subject", names(b'{"subject":"hidden.x"}'))
+
+    # Consumers someone else made, on the secret half: a durable pull
+    # consumer the reader binds to, and a push consumer aimed at the
+    # reader's inbox.
+    await ajs.add_consumer("ORDERS", config=ConsumerConfig(
+        durable_name="SECRETS", filter_subject="orders.secret.>"))
+    async def bound():
+        psub = await js.pull_subscribe_bind("SECRETS", "ORDERS")
+        msgs = await psub.fetch(1, timeout=2)
+        return ",".join(m.subject for m in msgs)
+    await step("pull_others_consumer", bound())
+    pushed = await r.subscribe("_INBOX.reader.push")
+    await r.flush()
+    await ajs.add_consumer("ORDERS", config=ConsumerConfig(
+        durable_name="PUSHED", filter_subject="orders.secret.>",
+        deliver_subject="_INBOX.reader.push"))
+    async def first_push():
+        return (await pushed.next_msg(timeout=2)).subject
+    await step("push_from_others_consumer", first_push())
     await r.close()
     await a.close()
 
@@ -149,6 +182,12 @@ const GUARDED: &[(&str, &str)] = &[
     ("watch_public", "OK public.a"),
     ("watch_secret", "ERR code=403 natsgate=True"),
     ("victim", "OK 0"),
+    ("stream_list", "OK KV_cfg,KV_dcfg,ORDERS,PUB"),
+    ("stream_names", "OK 4:KV_cfg,KV_dcfg,ORDERS,PUB"),
+    ("stream_names_offset", "OK 4:PUB"),
+    ("stream_names_hidden_subject", "OK 0:"),
+    ("pull_others_consumer", "EXC TimeoutError"),
+    ("push_from_others_consumer", "EXC TimeoutError"),
 ];
 
 struct Users {
@@ -194,6 +233,11 @@ fn server(store: &tempfile::TempDir, users: Option<&Users>) -> NatsServer {
 }
 
 fn gate(upstream: &NatsServer, users: &Users, guard: bool) -> Gate {
+    gate_with(upstream, users, &format!("guard = {guard}"))
+}
+
+/// natsgate with `jetstream` as the body of its `[jetstream]` table.
+fn gate_with(upstream: &NatsServer, users: &Users, jetstream: &str) -> Gate {
     Gate::start(&format!(
         r#"[listen]
 addr = "127.0.0.1:0"
@@ -202,7 +246,7 @@ servers = ["{url}"]
 user = "gate"
 password = "s3cret"
 [jetstream]
-guard = {guard}
+{jetstream}
 [[users]]
 nkey = "{admin}"
 name = "admin"
@@ -295,6 +339,16 @@ async fn guard_off_is_identical_to_nats_server_direct() {
     assert_eq!(direct_results["get_by_seq"], "OK orders.secret.1");
     assert_eq!(direct_results["pull_secret"], "OK orders.secret.1");
     assert_ne!(direct_results["victim"], "OK 0");
+    assert_eq!(
+        direct_results["stream_list"],
+        "OK HIDDEN,KV_cfg,KV_dcfg,ORDERS,PUB"
+    );
+    assert_eq!(direct_results["stream_names_hidden_subject"], "OK 1:HIDDEN");
+    assert_eq!(direct_results["pull_others_consumer"], "OK orders.secret.1");
+    assert_eq!(
+        direct_results["push_from_others_consumer"],
+        "OK orders.secret.1"
+    );
 }
 
 /// async-nats' JetStream API through the guard: a filtered consumer on the
@@ -505,4 +559,81 @@ async fn a_held_request_keeps_the_op_order() {
     );
     c.expect_nothing_for(Duration::from_millis(300)).await;
     gate.assert_running();
+}
+
+/// The per-user and per-account switches: `guard_users` turns the guard on
+/// for one user with `guard = false` (its listing filtered too, as seen by
+/// async-nats' `stream_names`), `exempt_users` turns it off for one user
+/// with `guard = true` (nats-server's answer, the gap open again), by name
+/// or by key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_switches() {
+    use async_nats::jetstream::{self, consumer, stream};
+    use futures::TryStreamExt;
+
+    let store = tempfile::tempdir().unwrap();
+    let upstream = server(&store, None);
+    let users = users();
+    let within = Duration::from_secs(5);
+    let secret_consumer = |js: jetstream::Context| async move {
+        let orders = js.get_stream("ORDERS").await.unwrap();
+        tokio::time::timeout(
+            within,
+            orders.create_consumer(consumer::pull::Config {
+                filter_subject: "orders.secret.>".into(),
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect("answered, not timed out")
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    let connect = |url: String, key: &nkeys::KeyPair| {
+        let seed = key.seed().unwrap();
+        async move {
+            let client = async_nats::ConnectOptions::with_nkey(seed)
+                .connect(url)
+                .await
+                .unwrap();
+            jetstream::new(client)
+        }
+    };
+
+    let gate = gate_with(&upstream, &users, r#"guard_users = ["reader"]"#);
+    let url = format!("nats://{}", gate.addr());
+    let ajs = connect(url.clone(), &users.admin).await;
+    for (name, subject) in [("ORDERS", "orders.>"), ("HIDDEN", "hidden.>")] {
+        ajs.create_stream(stream::Config {
+            name: name.into(),
+            subjects: vec![subject.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let admin_names: Vec<String> = ajs.stream_names().try_collect().await.unwrap();
+    assert_eq!(admin_names.len(), 2, "{admin_names:?}");
+    let js = connect(url.clone(), &users.reader).await;
+    let refused = secret_consumer(js.clone()).await.expect_err("guarded");
+    assert!(refused.contains("natsgate"), "{refused}");
+    let names: Vec<String> = tokio::time::timeout(within, js.stream_names().try_collect())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(names, ["ORDERS"]);
+    drop(gate);
+
+    let exempt = format!(
+        "guard = true\nexempt_users = [\"{}\"]",
+        users.reader.public_key()
+    );
+    let gate = gate_with(&upstream, &users, &exempt);
+    let js = connect(format!("nats://{}", gate.addr()), &users.reader).await;
+    secret_consumer(js.clone())
+        .await
+        .expect("exempt: nats-server allows it");
+    let mut names: Vec<String> = js.stream_names().try_collect().await.unwrap();
+    names.sort();
+    assert_eq!(names, ["HIDDEN", "ORDERS"]);
 }

@@ -240,6 +240,15 @@ struct AllowResponsesTable {
 pub(super) struct JetStreamFile {
     #[serde(default)]
     pub guard: bool,
+    pub filter_listing: Option<bool>,
+    #[serde(default)]
+    pub guard_users: Vec<String>,
+    #[serde(default)]
+    pub guard_accounts: Vec<String>,
+    #[serde(default)]
+    pub exempt_users: Vec<String>,
+    #[serde(default)]
+    pub exempt_accounts: Vec<String>,
 }
 
 /// `[policy]`

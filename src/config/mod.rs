@@ -331,11 +331,64 @@ impl PolicySettings {
 }
 
 /// `[jetstream]`
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JetStreamSettings {
     /// Whether JetStream API requests are checked against the user's
-    /// permissions (`permissions::jetstream`). Default false.
+    /// permissions (`permissions::jetstream`) for every user. Default false.
     pub guard: bool,
+    /// With the guard on: whether `STREAM.NAMES`/`STREAM.LIST` answers show
+    /// only the streams the user may read from. Default true.
+    pub filter_listing: bool,
+    /// Users (names or `U...` keys) guarded whatever `guard` says.
+    pub guard_users: Vec<String>,
+    /// Accounts (names or `A...` keys) whose users are guarded.
+    pub guard_accounts: Vec<String>,
+    /// Users never guarded.
+    pub exempt_users: Vec<String>,
+    /// Accounts whose users are not guarded.
+    pub exempt_accounts: Vec<String>,
+}
+
+impl Default for JetStreamSettings {
+    fn default() -> JetStreamSettings {
+        JetStreamSettings {
+            guard: false,
+            filter_listing: true,
+            guard_users: Vec::new(),
+            guard_accounts: Vec::new(),
+            exempt_users: Vec::new(),
+            exempt_accounts: Vec::new(),
+        }
+    }
+}
+
+impl JetStreamSettings {
+    /// Whether the guard is on for a user (public key and name) of an
+    /// account (name and public key; empty when none). The most specific
+    /// entry decides: a user list before an account list before `guard`.
+    pub fn guards(
+        &self,
+        user_key: &str,
+        user_name: &str,
+        account: &str,
+        account_key: &str,
+    ) -> bool {
+        let named = |list: &[String], a: &str, b: &str| {
+            list.iter()
+                .any(|entry| (!a.is_empty() && entry == a) || (!b.is_empty() && entry == b))
+        };
+        if named(&self.exempt_users, user_key, user_name) {
+            false
+        } else if named(&self.guard_users, user_key, user_name) {
+            true
+        } else if named(&self.exempt_accounts, account, account_key) {
+            false
+        } else if named(&self.guard_accounts, account, account_key) {
+            true
+        } else {
+            self.guard
+        }
+    }
 }
 
 /// `[log]`

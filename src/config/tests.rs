@@ -132,6 +132,7 @@ fn minimal_fixture_takes_the_defaults() {
         !settings.jetstream.guard,
         "the JetStream guard is off by default"
     );
+    assert!(settings.jetstream.filter_listing);
     assert_eq!(settings.policy, PolicySettings::default());
     assert!(
         settings.policy.enforce,
@@ -227,6 +228,7 @@ fn full_fixture_sets_everything() {
     assert_eq!(settings.log.level, "debug");
     assert_eq!(settings.log.format, LogFormat::Json);
     assert!(settings.jetstream.guard);
+    assert!(!settings.jetstream.filter_listing);
     assert!(!settings.policy.enforce);
     assert_eq!(settings.policy.report_only_users, ["svc-b"]);
     assert_eq!(settings.policy.report_only_accounts.len(), 2);
@@ -414,6 +416,52 @@ fn syntax_errors_do_not_echo_values() {
         .to_string();
     assert!(message.contains("password"), "{message}");
     assert!(!message.contains("123456789"), "{message}");
+}
+
+#[test]
+fn jetstream_guard_switches() {
+    let base = format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n[upstream]\nservers = [\"h\"]\nuser = \"u\"\npassword = \"p\"\n\
+         [[users]]\nnkey = \"{SVC_A}\"\n"
+    );
+    let load = |table: &str| {
+        Settings::from_toml_str(&format!("{base}[jetstream]\n{table}"), Path::new("."))
+    };
+    let js = load(
+        "guard = true\nguard_users = [\"bob\"]\nexempt_users = [\"ann\"]\n\
+         guard_accounts = [\"APP\"]\nexempt_accounts = [\"OPS\"]",
+    )
+    .unwrap()
+    .jetstream;
+    // (user key, user name, account, account key) → guarded
+    let cases = [
+        (("UX", "carl", "", ""), true),
+        (("UX", "ann", "APP", ""), false),
+        (("UX", "bob", "OPS", ""), true),
+        (("UX", "carl", "OPS", ""), false),
+        (("UX", "carl", "APP", ""), true),
+        (("ann", "", "", ""), false),
+    ];
+    for ((key, name, account, account_key), want) in cases {
+        assert_eq!(
+            js.guards(key, name, account, account_key),
+            want,
+            "{name} {account}"
+        );
+    }
+    let off = load("guard_accounts = [\"APP\"]").unwrap().jetstream;
+    assert!(!off.guards("UX", "carl", "OPS", ""));
+    assert!(off.guards("UX", "carl", "", "APP"));
+    let both = load("exempt_users = [\"bob\"]\nguard_users = [\"bob\"]").unwrap_err();
+    assert!(
+        both.to_string().contains("both guarded and exempt"),
+        "{both}"
+    );
+    let blank = load("exempt_accounts = [\" APP\"]").unwrap_err();
+    assert!(
+        blank.to_string().contains("jetstream.exempt_accounts"),
+        "{blank}"
+    );
 }
 
 #[test]

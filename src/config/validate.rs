@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::creds::{parse_creds, parse_seed_file};
 use super::file::{
-    AdvisoriesFile, AllowResponsesFile, CredentialFile, FileConfig, JwtFile, KvFile, LimitsFile,
-    ListenFile, LogFile, LogFormatFile, PermissionsFile, PolicyFile, SubjectRulesFile,
+    AdvisoriesFile, AllowResponsesFile, CredentialFile, FileConfig, JetStreamFile, JwtFile, KvFile,
+    LimitsFile, ListenFile, LogFile, LogFormatFile, PermissionsFile, PolicyFile, SubjectRulesFile,
     UpstreamFile, UserFile, WebsocketFile,
 };
 use super::values::{
@@ -70,9 +70,7 @@ impl Context<'_> {
                 })
                 .transpose()?,
             log: self.log(&model.log)?,
-            jetstream: JetStreamSettings {
-                guard: model.jetstream.guard,
-            },
+            jetstream: self.jetstream(&model.jetstream)?,
             policy: self.policy(&model.policy)?,
             limits: self.limits(&model.limits)?,
             advisories: model
@@ -93,23 +91,53 @@ impl Context<'_> {
     // === [policy] ===
 
     fn policy(&self, policy: &PolicyFile) -> Result<PolicySettings, ConfigError> {
-        for (key, list) in [
-            ("policy.report_only_accounts", &policy.report_only_accounts),
-            ("policy.report_only_users", &policy.report_only_users),
-        ] {
-            if let Some(entry) = list.iter().find(|e| e.trim().is_empty() || e.trim() != *e) {
-                return Err(self.invalid(
-                    key,
-                    format!(
-                        "{entry:?}: entries are names or public keys, without blanks around them"
-                    ),
-                ));
-            }
-        }
+        self.names("policy.report_only_accounts", &policy.report_only_accounts)?;
+        self.names("policy.report_only_users", &policy.report_only_users)?;
         Ok(PolicySettings {
             enforce: policy.enforce.unwrap_or(true),
             report_only_accounts: policy.report_only_accounts.clone(),
             report_only_users: policy.report_only_users.clone(),
+        })
+    }
+
+    /// A list of user or account names or public keys.
+    fn names(&self, key: &str, list: &[String]) -> Result<(), ConfigError> {
+        match list.iter().find(|e| e.trim().is_empty() || e.trim() != *e) {
+            Some(entry) => Err(self.invalid(
+                key,
+                format!("{entry:?}: entries are names or public keys, without blanks around them"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn jetstream(&self, js: &JetStreamFile) -> Result<JetStreamSettings, ConfigError> {
+        self.names("jetstream.guard_users", &js.guard_users)?;
+        self.names("jetstream.guard_accounts", &js.guard_accounts)?;
+        self.names("jetstream.exempt_users", &js.exempt_users)?;
+        self.names("jetstream.exempt_accounts", &js.exempt_accounts)?;
+        let both = |a: &[String], b: &[String]| a.iter().find(|e| b.contains(e)).cloned();
+        for (key, found) in [
+            (
+                "jetstream.exempt_users",
+                both(&js.exempt_users, &js.guard_users),
+            ),
+            (
+                "jetstream.exempt_accounts",
+                both(&js.exempt_accounts, &js.guard_accounts),
+            ),
+        ] {
+            if let Some(entry) = found {
+                return Err(self.invalid(key, format!("{entry:?} is both guarded and exempt")));
+            }
+        }
+        Ok(JetStreamSettings {
+            guard: js.guard,
+            filter_listing: js.filter_listing.unwrap_or(true),
+            guard_users: js.guard_users.clone(),
+            guard_accounts: js.guard_accounts.clone(),
+            exempt_users: js.exempt_users.clone(),
+            exempt_accounts: js.exempt_accounts.clone(),
         })
     }
 

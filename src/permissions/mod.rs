@@ -235,6 +235,24 @@ impl Permissions {
                 .is_some_and(|deny| deny.overlaps(pattern))
     }
 
+    /// Whether the user may receive some message on a subject `pattern`
+    /// matches: the subscribe allow list (if any) overlaps it and no
+    /// subscribe deny entry covers it. Errs towards true where the overlap
+    /// lies inside deny entries that do not cover `pattern` as a whole
+    /// (allow `a.b.>` with deny `a.b.c`: `a.*.c` is true). False for an
+    /// invalid `pattern`.
+    pub fn may_read_some(&self, pattern: &[u8]) -> bool {
+        subject::is_valid_subject(pattern)
+            && self
+                .subscribe_allow
+                .as_ref()
+                .is_none_or(|allow| allow.overlaps(pattern))
+            && !self
+                .subscribe_deny
+                .as_ref()
+                .is_some_and(|deny| deny.covers(pattern))
+    }
+
     /// Whether the user may publish on every subject `pattern` matches (the
     /// publish lists only, as sets; tracked replies do not count).
     pub fn may_publish_all(&self, pattern: &[u8]) -> bool {

@@ -8,11 +8,12 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::jetstream::{Guarded, Held, LOOKUP_TIMEOUT, random_token};
+use super::jetstream::{Guarded, Held, LOOKUP_TIMEOUT, Waiting};
 use super::order::Sink;
 use super::relay::Relay;
 use super::subs::Delivery;
-use crate::permissions::jetstream::{self, Refusal, StreamSubjects, Verdict};
+use crate::permissions::jetstream::listing::Step;
+use crate::permissions::jetstream::{self, Listing, Refusal, StreamSubjects, Verdict};
 use crate::protocol::encode;
 
 impl Relay {
@@ -40,6 +41,12 @@ impl Relay {
                 return Guarded::Answered;
             }
             Verdict::NeedStream(question) => question,
+            Verdict::NeedListing(_) if !self.gate.settings.jetstream.filter_listing => {
+                return Guarded::Pass;
+            }
+            Verdict::NeedListing(listing) => {
+                return self.hold_listing(listing, subject, reply, frame, payload_len, upstream);
+            }
         };
         let Some(js) = self.js.as_mut() else {
             return Guarded::Pass;
@@ -53,79 +60,122 @@ impl Relay {
                 }
             };
         }
-        let inbox = match &js.inbox {
-            Some(inbox) => inbox.clone(),
-            None => {
-                let token = random_token();
-                let inbox = Bytes::from(format!("_INBOX.natsgate.{token}."));
-                js.sid = Bytes::from(format!("natsgate.{token}"));
-                let mut sub = b"SUB ".to_vec();
-                sub.extend_from_slice(&inbox);
-                sub.extend_from_slice(b"* ");
-                sub.extend_from_slice(&js.sid);
-                sub.extend_from_slice(b"\r\n");
-                upstream.frame(Bytes::from(sub));
-                js.inbox = Some(inbox.clone());
-                inbox
-            }
-        };
-        js.lookups += 1;
-        let mut awaiting = inbox.to_vec();
-        awaiting.extend_from_slice(js.lookups.to_string().as_bytes());
-        let awaiting = Bytes::from(awaiting);
-        let mut publish = b"PUB ".to_vec();
-        publish.extend_from_slice(question.info_subject.as_bytes());
-        publish.push(b' ');
-        publish.extend_from_slice(&awaiting);
-        publish.extend_from_slice(b" 0\r\n\r\n");
-        upstream.frame(Bytes::from(publish));
         debug!(stream = %question.stream, "JetStream guard: learning a stream's subjects");
+        let awaiting = js.ask(question.info_subject.as_bytes(), b"", upstream);
         js.held = Some(Held {
             frame: Bytes::copy_from_slice(frame),
             payload_len,
             subject: Bytes::copy_from_slice(subject),
             reply: reply.map(Bytes::copy_from_slice),
-            question,
+            waiting: Waiting::Stream(question),
             awaiting,
             deadline: Instant::now() + LOOKUP_TIMEOUT,
         });
         Guarded::Held
     }
 
-    /// A delivery on natsgate's inbox: the answer of the held lookup (or a
-    /// late one, dropped). `payload` is the message without headers.
+    /// Holds a stream listing while natsgate reads it page by page.
+    fn hold_listing(
+        &mut self,
+        listing: Box<Listing>,
+        subject: &[u8],
+        reply: Option<&[u8]>,
+        frame: &[u8],
+        payload_len: usize,
+        upstream: &mut impl Sink,
+    ) -> Guarded {
+        let Some(js) = self.js.as_mut() else {
+            return Guarded::Pass;
+        };
+        let (page, body) = listing.page_request();
+        let awaiting = js.ask(page.as_bytes(), &body, upstream);
+        js.held = Some(Held {
+            frame: Bytes::copy_from_slice(frame),
+            payload_len,
+            subject: Bytes::copy_from_slice(subject),
+            reply: reply.map(Bytes::copy_from_slice),
+            waiting: Waiting::Listing(listing),
+            awaiting,
+            deadline: Instant::now() + LOOKUP_TIMEOUT,
+        });
+        Guarded::Held
+    }
+
+    /// A delivery on natsgate's inbox: an answer to the held request's
+    /// lookup (or a late one, dropped). `payload` is the message without
+    /// headers; `sink` is the client's side.
     pub(super) fn lookup_answered(&mut self, subject: &[u8], payload: &[u8], sink: &mut impl Sink) {
         let Some(js) = self.js.as_mut() else {
             return;
         };
-        if js.held.as_ref().is_none_or(|h| h.awaiting != subject) {
+        let Some(held) = js.held.as_mut().filter(|h| h.awaiting == subject) else {
             return;
+        };
+        let step = match &mut held.waiting {
+            Waiting::Stream(_) => {
+                let subjects = jetstream::parse_stream_info(payload);
+                self.settle_stream(subjects, sink);
+                return;
+            }
+            Waiting::Listing(listing) => {
+                let step = listing.add_page(self.user.authz.permissions(), payload);
+                (step == Step::More)
+                    .then(|| listing.page_request())
+                    .ok_or(step)
+            }
+        };
+        match step {
+            Ok((page, body)) => {
+                let awaiting = js.ask(page.as_bytes(), &body, &mut self.upstream.out);
+                if let Some(held) = js.held.as_mut() {
+                    held.awaiting = awaiting;
+                    held.deadline = Instant::now() + LOOKUP_TIMEOUT;
+                }
+            }
+            Err(step) => self.settle_listing(step, sink),
         }
-        let subjects = jetstream::parse_stream_info(payload);
-        self.settle(subjects, sink);
     }
 
     /// The held lookup timed out: the request is refused.
     pub(super) fn lookup_timed_out(&mut self) {
         let mut out = std::mem::take(&mut self.client.out);
-        self.settle(StreamSubjects::Unknown, &mut out);
+        let listing = self
+            .js
+            .as_ref()
+            .and_then(|js| js.held.as_ref())
+            .is_some_and(|h| matches!(h.waiting, Waiting::Listing(_)));
+        if listing {
+            let why = "natsgate could not list the streams in time".to_string();
+            self.settle_listing(Step::Failed(why), &mut out);
+        } else {
+            self.settle_stream(StreamSubjects::Unknown, &mut out);
+        }
         self.client.out = out;
+    }
+
+    /// Takes the held request and lets the client's buffered input go on.
+    fn release_held(&mut self) -> Option<Held> {
+        let js = self.js.as_mut()?;
+        let held = js.held.take()?;
+        js.resume = true;
+        Some(held)
     }
 
     /// Decides the held request with its stream's subjects, forwards it or
     /// answers the refusal (through `sink`, the client's side), and lets the
     /// client's buffered input go on.
-    fn settle(&mut self, subjects: StreamSubjects, sink: &mut impl Sink) {
-        let Some(js) = self.js.as_mut() else {
+    fn settle_stream(&mut self, subjects: StreamSubjects, sink: &mut impl Sink) {
+        let Some(held) = self.release_held() else {
             return;
         };
-        let Some(held) = js.held.take() else {
+        let Waiting::Stream(question) = &held.waiting else {
             return;
         };
-        js.resume = true;
-        if subjects != StreamSubjects::Unknown {
+        if subjects != StreamSubjects::Unknown
+            && let Some(js) = self.js.as_mut()
+        {
             js.remember(
-                held.question.info_subject.clone(),
+                question.info_subject.clone(),
                 subjects.clone(),
                 Instant::now(),
             );
@@ -134,7 +184,7 @@ impl Relay {
         if self.user.opts.verbose {
             self.order.frame(Bytes::from_static(encode::OK), sink);
         }
-        match jetstream::answer_stream(&permissions, &held.question, &subjects) {
+        match jetstream::answer_stream(&permissions, question, &subjects) {
             Ok(()) => {
                 self.upstream.out.push(held.frame);
                 self.pubs_accepted += 1;
@@ -156,6 +206,41 @@ impl Relay {
                     self.order.frame(frame, sink);
                 }
             }
+        }
+    }
+
+    /// Answers the held listing, complete (`Done`) or failed, on its reply
+    /// subject; the request itself is never forwarded.
+    fn settle_listing(&mut self, step: Step, sink: &mut impl Sink) {
+        let Some(held) = self.release_held() else {
+            return;
+        };
+        let Waiting::Listing(listing) = &held.waiting else {
+            return;
+        };
+        if self.user.opts.verbose {
+            self.order.frame(Bytes::from_static(encode::OK), sink);
+        }
+        let now = std::time::Instant::now();
+        let frames = match step {
+            Step::Failed(why) => {
+                let refusal = listing.refusal(&why);
+                self.refuse_request(&held.subject, held.reply.as_deref(), &refusal, now)
+            }
+            Step::Done | Step::More => {
+                debug!(
+                    user = %self.user.identity.user,
+                    subject = %String::from_utf8_lossy(&held.subject),
+                    "JetStream listing answered with the streams the user may read"
+                );
+                match held.reply.as_deref().filter(|r| !r.is_empty()) {
+                    Some(reply) => self.reply_frames(reply, None, &listing.answer(), now),
+                    None => Vec::new(),
+                }
+            }
+        };
+        for frame in frames {
+            self.order.frame(frame, sink);
         }
     }
 
@@ -208,6 +293,19 @@ impl Relay {
         } else {
             (None, refusal.json())
         };
+        self.reply_frames(reply, header, &payload, now)
+    }
+
+    /// An answer on `reply` as the client's own subscriptions that match it
+    /// would get it from nats-server (delivery filter and `UNSUB <max>`
+    /// applied): one MSG (or HMSG with `header`) per subscription.
+    fn reply_frames(
+        &mut self,
+        reply: &[u8],
+        header: Option<Vec<u8>>,
+        payload: &[u8],
+        now: StdInstant,
+    ) -> Vec<Bytes> {
         let user = &mut self.user;
         let mut frames = Vec::new();
         for (sid, _) in user.subs.matching(reply) {
@@ -219,8 +317,8 @@ impl Relay {
                 continue;
             }
             frames.push(match &header {
-                Some(header) => encode::hmsg(reply, &sid, header, &payload),
-                None => encode::msg(reply, &sid, None, &payload),
+                Some(header) => encode::hmsg(reply, &sid, header, payload),
+                None => encode::msg(reply, &sid, None, payload),
             });
             if delivery == Delivery::DeliverLast {
                 self.upstream.out.push(encode::unsub(&sid));

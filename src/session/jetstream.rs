@@ -21,7 +21,8 @@
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::permissions::jetstream::{StreamQuestion, StreamSubjects};
+use super::order::Sink;
+use crate::permissions::jetstream::{Listing, StreamQuestion, StreamSubjects};
 
 /// How long a held request waits for its stream's info.
 pub(super) const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -56,10 +57,20 @@ pub(super) struct Held {
     pub(super) payload_len: usize,
     pub(super) subject: Bytes,
     pub(super) reply: Option<Bytes>,
-    pub(super) question: StreamQuestion,
+    pub(super) waiting: Waiting,
     /// The reply subject of natsgate's lookup.
     pub(super) awaiting: Bytes,
     pub(super) deadline: Instant,
+}
+
+/// What a held request waits for.
+#[derive(Debug)]
+pub(super) enum Waiting {
+    /// Its stream's subjects (`STREAM.INFO`), to decide it.
+    Stream(StreamQuestion),
+    /// The next page of a stream listing (`STREAM.LIST`), to answer it
+    /// with the visible streams.
+    Listing(Box<Listing>),
 }
 
 /// What the guard did with a request (`guard_ops`).
@@ -94,6 +105,41 @@ impl JsGuard {
         self.inbox
             .as_ref()
             .is_some_and(|inbox| sid == self.sid || subject.starts_with(inbox))
+    }
+
+    /// Publishes a lookup (`subject`, `body`) with a reply on natsgate's
+    /// own inbox, subscribing to that inbox first if this is the first
+    /// lookup. Returns the reply subject to wait for.
+    pub(super) fn ask(&mut self, subject: &[u8], body: &[u8], upstream: &mut impl Sink) -> Bytes {
+        let inbox = match &self.inbox {
+            Some(inbox) => inbox.clone(),
+            None => {
+                let token = random_token();
+                let inbox = Bytes::from(format!("_INBOX.natsgate.{token}."));
+                self.sid = Bytes::from(format!("natsgate.{token}"));
+                let mut sub = b"SUB ".to_vec();
+                sub.extend_from_slice(&inbox);
+                sub.extend_from_slice(b"* ");
+                sub.extend_from_slice(&self.sid);
+                sub.extend_from_slice(b"\r\n");
+                upstream.frame(Bytes::from(sub));
+                self.inbox = Some(inbox.clone());
+                inbox
+            }
+        };
+        self.lookups += 1;
+        let mut awaiting = inbox.to_vec();
+        awaiting.extend_from_slice(self.lookups.to_string().as_bytes());
+        let awaiting = Bytes::from(awaiting);
+        let mut publish = b"PUB ".to_vec();
+        publish.extend_from_slice(subject);
+        publish.push(b' ');
+        publish.extend_from_slice(&awaiting);
+        publish.extend_from_slice(format!(" {}\r\n", body.len()).as_bytes());
+        publish.extend_from_slice(body);
+        publish.extend_from_slice(b"\r\n");
+        upstream.frame(Bytes::from(publish));
+        awaiting
     }
 
     pub(super) fn cached(&mut self, key: &str, now: Instant) -> Option<StreamSubjects> {

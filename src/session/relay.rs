@@ -217,7 +217,7 @@ impl Relay {
             client_id,
             limits,
         };
-        let guard = gate.settings.jetstream.guard;
+        let guard = gate.guards_jetstream(&user.identity);
         let mut relay = Relay {
             accounts: Some(gate.watch_accounts()),
             gate,

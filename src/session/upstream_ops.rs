@@ -22,6 +22,9 @@ use crate::protocol::server::{self, ServerOp};
 /// requester (spec 1.9); it does not count towards `UNSUB <sid> <max>`.
 const NO_RESPONDERS_STATUS: &[u8] = b"NATS/1.0 503";
 
+/// The reply-subject prefix of a JetStream consumer's deliveries.
+const JS_ACK_PREFIX: &[u8] = b"$JS.ACK.";
+
 impl Relay {
     /// Handles every complete frame the upstream sent, queueing what the
     /// client gets.
@@ -176,12 +179,36 @@ impl Relay {
     ) {
         let user = &mut self.user;
         let authz = &mut user.authz;
-        let accept = |queue: Option<&[u8]>| authz.filter_delivery(subject, queue, reply, now);
+        // The JetStream guard's backstop: a consumer's delivery (its reply
+        // is the `$JS.ACK.` subject) on a subject the user may not
+        // subscribe to is dropped, whoever made the consumer.
+        let backstop = self.js.is_some()
+            && reply.is_some_and(|r| r.starts_with(JS_ACK_PREFIX))
+            && !authz.report_only();
+        let mut blocked = false;
+        let accept = |queue: Option<&[u8]>| {
+            if backstop && !authz.permissions().subscribe_allowed(subject, None) {
+                blocked = true;
+                return false;
+            }
+            authz.filter_delivery(subject, queue, reply, now)
+        };
         let delivery = if status {
             user.subs.deliver_uncounted(sid, accept)
         } else {
             user.subs.deliver(sid, accept)
         };
+        if blocked {
+            let stats = user.stats.stats();
+            self.gate
+                .metrics
+                .jetstream_denied(stats, &user.identity.account_name);
+            debug!(
+                user = %user.identity.user,
+                subject = %String::from_utf8_lossy(subject),
+                "JetStream delivery on a subject the user may not subscribe to dropped"
+            );
+        }
         match delivery {
             Delivery::Unknown => trace!("delivery for a sid the client has left"),
             Delivery::Filtered => {

@@ -37,6 +37,7 @@
 
 mod client;
 mod cpu;
+mod guard;
 mod load;
 mod many;
 mod memory;
@@ -67,7 +68,7 @@ usage: natsgate-bench [--quick] [--rounds N] [--seconds S] [--clients N] [--nats
   --natsgate PATH  the natsgate binary (default: `natsgate` next to this
                    binary, else natsgate's library run by this binary)
   --only LIST      comma-separated subset of: publish, pubsub, reqrep,
-                   manyclients, connect, websocket, memory (default: all)
+                   manyclients, connect, websocket, memory, guard (default: all)
   --pace MS        manyclients latency: each of the 100 publishers sends one
                    message per MS milliseconds (default 100)
 
@@ -89,7 +90,7 @@ struct Options {
 /// Below this many idle clients the memory figure says too little.
 const MIN_IDLE_CLIENTS: u64 = 1000;
 
-const PARTS: [&str; 7] = [
+const PARTS: [&str; 8] = [
     "publish",
     "pubsub",
     "reqrep",
@@ -97,6 +98,7 @@ const PARTS: [&str; 7] = [
     "connect",
     "websocket",
     "memory",
+    "guard",
 ];
 
 impl Options {
@@ -503,6 +505,15 @@ fn bench(mut o: Options) -> Result<(), String> {
         )?;
     }
 
+    let guard_lines = if o.wants("guard") {
+        let config =
+            guard::guarded_config(&gate_config).map_err(|e| format!("guard config: {e}"))?;
+        let guarded = procs::start_natsgate(gate_bin.as_deref(), &config)?;
+        guard::run(o.rounds, d, &s.gate, &guarded, &s.user)?
+    } else {
+        Vec::new()
+    };
+
     let gate_log = s.gate.log_summary();
     // The memory figure uses fresh processes; these are no longer needed.
     drop(s);
@@ -515,7 +526,12 @@ fn bench(mut o: Options) -> Result<(), String> {
         )?);
     }
 
-    table::print_table(&rows);
+    if !rows.is_empty() {
+        table::print_table(&rows);
+    }
+    for line in guard_lines {
+        println!("{line}");
+    }
     if gate_log.0 > 0 {
         println!(
             "\nnatsgate logged {} line(s) during the run; the last:",

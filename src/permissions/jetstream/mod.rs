@@ -67,7 +67,11 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::Permissions;
 use crate::protocol::quote::go_quote;
+
+pub mod listing;
+
 use crate::protocol::subject;
+pub use listing::Listing;
 
 /// The largest request body the guard reads; a larger one on an API subject
 /// the guard checks is refused. nats-server's own requests are far smaller.
@@ -79,7 +83,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub const REFUSAL_ERR_CODE: u32 = 10403;
 
 /// How the guard judged one request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Verdict {
     /// Let it through.
     Allow,
@@ -89,6 +93,10 @@ pub enum Verdict {
     /// stream's subjects (`$JS.API.STREAM.INFO.<stream>`), then call
     /// [`answer_stream`].
     NeedStream(StreamQuestion),
+    /// A stream listing the user may see only part of: read it
+    /// ([`Listing::page_request`], [`Listing::add_page`]) and answer with
+    /// the visible streams ([`Listing::answer`]).
+    NeedListing(Box<Listing>),
 }
 
 /// A decision that waits for a stream's subjects.
@@ -201,6 +209,17 @@ pub fn inspect(
             }
         }
     };
+    if api == Api::Listing {
+        if permissions.may_read_all(b">") {
+            return Verdict::Allow;
+        }
+        let prefix = &subject[..subject.len() - path.len()];
+        return match Listing::of(path, prefix, subject, &request) {
+            Some(Ok(listing)) => Verdict::NeedListing(Box::new(listing)),
+            Some(Err(reason)) => refuse(format!("natsgate: {reason} ({})", go_quote(subject))),
+            None => Verdict::Allow,
+        };
+    }
     let judged = match &api {
         Api::ConsumerCreate { stream, filter } => {
             consumer_create(permissions, stream, filter.as_deref(), &request)
@@ -217,7 +236,7 @@ pub fn inspect(
             }
         }
         Api::StreamConfig { stream } => stream_config(permissions, stream, &request),
-        Api::Other => Ok(Judged::Allow),
+        Api::Listing | Api::Other => Ok(Judged::Allow),
     };
     match judged {
         Ok(Judged::Allow) => Verdict::Allow,
@@ -284,9 +303,14 @@ pub fn parse_stream_info(body: &[u8]) -> StreamSubjects {
             StreamSubjects::Unknown
         };
     }
-    let Some(config) = info.get("config") else {
-        return StreamSubjects::Unknown;
-    };
+    match info.get("config") {
+        Some(config) => parse_stream_config(config),
+        None => StreamSubjects::Unknown,
+    }
+}
+
+/// What a stream's config (in a stream info) says about its subjects.
+fn parse_stream_config(config: &serde_json::Value) -> StreamSubjects {
     let present = |key: &str| {
         config.get(key).is_some_and(|v| match v {
             serde_json::Value::Null => false,
@@ -379,6 +403,8 @@ enum Api {
     StreamConfig {
         stream: String,
     },
+    /// `STREAM.NAMES`, `STREAM.LIST`.
+    Listing,
     Other,
 }
 
@@ -413,6 +439,7 @@ impl Api {
             ["STREAM", "CREATE" | "UPDATE", stream, ..] => Api::StreamConfig {
                 stream: stream.to_string(),
             },
+            ["STREAM", "NAMES" | "LIST"] => Api::Listing,
             _ => Api::Other,
         }
     }
@@ -423,7 +450,7 @@ impl Api {
             | Api::MessageGet { stream, .. }
             | Api::DirectGetSubject { stream, .. }
             | Api::StreamConfig { stream } => Some(stream),
-            Api::Other => None,
+            Api::Listing | Api::Other => None,
         }
     }
 
