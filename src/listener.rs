@@ -57,20 +57,7 @@ pub async fn accept(
 ) {
     let max_connections = gate.settings.listen.max_connections;
     let open = counts.open.clone();
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(conn) => conn,
-            Err(e) => {
-                // Out of file descriptors and the like: back off briefly.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = next_connection(&listener, stop, "nats").await {
         let client_id = counts.next_id();
         gate.metrics.connection_opened();
         if open.fetch_add(1, Ordering::AcqRel) >= max_connections {
@@ -128,6 +115,29 @@ async fn refuse(gate: Arc<Gate>, mut stream: TcpStream, peer: SocketAddr, client
 const TCP: &str = "tcp";
 const WEBSOCKET: &str = "websocket";
 
+/// The next accepted connection, or `None` once `stop` is cancelled. An
+/// accept error (out of file descriptors and the like) is logged and
+/// retried after a brief back-off.
+async fn next_connection(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    which: &'static str,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(conn) => return Some(conn),
+            Err(e) => {
+                warn!(error = %e, listener = which, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// What the WebSocket accept loop was set up with.
 #[derive(Debug)]
 pub struct WebsocketListener {
@@ -155,19 +165,7 @@ pub async fn accept_websocket(
         timeout: ws.handshake_timeout,
         tls: ws.tls.map(tokio_rustls::TlsAcceptor::from),
     });
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = ws.listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(conn) => conn,
-            Err(e) => {
-                warn!(error = %e, "websocket accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = next_connection(&ws.listener, stop, "websocket").await {
         let client_id = counts.next_id();
         gate.metrics.connection_opened();
         let full = counts.open.fetch_add(1, Ordering::AcqRel) >= max_connections;

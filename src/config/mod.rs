@@ -320,14 +320,17 @@ impl PolicySettings {
         account: &str,
         account_key: &str,
     ) -> bool {
-        let named = |list: &[String], a: &str, b: &str| {
-            list.iter()
-                .any(|entry| (!a.is_empty() && entry == a) || (!b.is_empty() && entry == b))
-        };
         !self.enforce
             || named(&self.report_only_users, user_key, user_name)
             || named(&self.report_only_accounts, account, account_key)
     }
+}
+
+/// Whether `list` names `a` or `b` (a key and a name; empty ones never
+/// match).
+fn named(list: &[String], a: &str, b: &str) -> bool {
+    list.iter()
+        .any(|entry| (!a.is_empty() && entry == a) || (!b.is_empty() && entry == b))
 }
 
 /// `[jetstream]`
@@ -373,10 +376,6 @@ impl JetStreamSettings {
         account: &str,
         account_key: &str,
     ) -> bool {
-        let named = |list: &[String], a: &str, b: &str| {
-            list.iter()
-                .any(|entry| (!a.is_empty() && entry == a) || (!b.is_empty() && entry == b))
-        };
         if named(&self.exempt_users, user_key, user_name) {
             false
         } else if named(&self.guard_users, user_key, user_name) {

@@ -72,29 +72,7 @@ impl Client {
         }
         let info: serde_json::Value = serde_json::from_slice(&info.unwrap_or_default())
             .map_err(|e| proto_err(format!("bad INFO: {e}")))?;
-        let mut connect = serde_json::json!({
-            "verbose": false, "pedantic": false, "protocol": 1, "headers": true,
-            "no_responders": true, "lang": "natsgate-bench", "version": "0",
-        });
-        match auth {
-            Auth::Password { user, pass } => {
-                connect["user"] = user.as_str().into();
-                connect["pass"] = pass.as_str().into();
-            }
-            Auth::Jwt { jwt, key } => {
-                let nonce = info["nonce"]
-                    .as_str()
-                    .ok_or_else(|| proto_err("INFO without a nonce"))?;
-                let sig = key
-                    .sign(nonce.as_bytes())
-                    .map_err(|e| proto_err(format!("sign nonce: {e}")))?;
-                connect["jwt"] = jwt.as_str().into();
-                connect["sig"] = URL_SAFE_NO_PAD.encode(sig).into();
-            }
-        }
-        let mut line = b"CONNECT ".to_vec();
-        line.extend_from_slice(connect.to_string().as_bytes());
-        line.extend_from_slice(b"\r\n");
+        let line = connect_line(auth, &info, true)?;
         c.sock.write_all(&line)?;
         c.ping_pong()?;
         Ok(c)
@@ -241,4 +219,35 @@ pub fn reply_of(args: &[u8]) -> Option<&[u8]> {
     let _sid = parts.next()?;
     let third = parts.next()?;
     parts.next().map(|_| third)
+}
+
+/// The CONNECT line (with CR LF) for `auth`, answering the server's `info`
+/// (its nonce signed for a JWT login). `headers` asks for headers and
+/// no-responders.
+pub fn connect_line(auth: &Auth, info: &serde_json::Value, headers: bool) -> io::Result<Vec<u8>> {
+    let mut connect = serde_json::json!({
+        "verbose": false, "pedantic": false, "protocol": 1,
+        "lang": "natsgate-bench", "version": "0",
+    });
+    if headers {
+        connect["headers"] = true.into();
+        connect["no_responders"] = true.into();
+    }
+    match auth {
+        Auth::Password { user, pass } => {
+            connect["user"] = user.as_str().into();
+            connect["pass"] = pass.as_str().into();
+        }
+        Auth::Jwt { jwt, key } => {
+            let nonce = info["nonce"]
+                .as_str()
+                .ok_or_else(|| proto_err("INFO without a nonce"))?;
+            let sig = key
+                .sign(nonce.as_bytes())
+                .map_err(|e| proto_err(format!("sign nonce: {e}")))?;
+            connect["jwt"] = jwt.as_str().into();
+            connect["sig"] = URL_SAFE_NO_PAD.encode(sig).into();
+        }
+    }
+    Ok(format!("CONNECT {connect}\r\n").into_bytes())
 }

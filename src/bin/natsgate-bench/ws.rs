@@ -12,9 +12,6 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
 use crate::client::Auth;
 use crate::cpu::Probe;
 use crate::load::{Moved, pub_chunk};
@@ -81,26 +78,8 @@ impl WsClient {
         let info = c.line_starting(b"INFO ")?;
         let info: serde_json::Value =
             serde_json::from_slice(&info[5..]).map_err(|e| err(format!("bad INFO: {e}")))?;
-        let mut connect = serde_json::json!({"verbose": false, "pedantic": false, "protocol": 1,
-            "lang": "natsgate-bench", "version": "0"});
-        match auth {
-            Auth::Password { user, pass } => {
-                connect["user"] = user.as_str().into();
-                connect["pass"] = pass.as_str().into();
-            }
-            Auth::Jwt { jwt, key } => {
-                let nonce = info["nonce"]
-                    .as_str()
-                    .ok_or_else(|| err("INFO without a nonce"))?;
-                let sig = key
-                    .sign(nonce.as_bytes())
-                    .map_err(|e| err(format!("sign nonce: {e}")))?;
-                connect["jwt"] = jwt.as_str().into();
-                connect["sig"] = URL_SAFE_NO_PAD.encode(sig).into();
-            }
-        }
-        let line = format!("CONNECT {connect}\r\n");
-        c.sock.write_all(&masked_frame(line.as_bytes()))?;
+        let line = crate::client::connect_line(auth, &info, false)?;
+        c.sock.write_all(&masked_frame(&line))?;
         c.ping_pong()?;
         Ok(c)
     }
