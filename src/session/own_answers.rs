@@ -2,6 +2,8 @@
 //! [`super::resolver_ops`]) and the channel they come back to the session
 //! on. Polled by the relay only while one is in flight.
 
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
@@ -29,11 +31,11 @@ impl OwnAnswers {
         tx.clone()
     }
 
-    /// The next answer; never resolves while nothing is in flight.
-    pub async fn next(&mut self) -> Option<OwnAnswer> {
+    /// The next answer; never ready while nothing is in flight.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<OwnAnswer>> {
         match &mut self.channel {
-            Some((_, rx)) if self.in_flight > 0 => rx.recv().await,
-            _ => std::future::pending().await,
+            Some((_, rx)) if self.in_flight > 0 => rx.poll_recv(cx),
+            _ => Poll::Pending,
         }
     }
 }

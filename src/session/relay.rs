@@ -18,8 +18,10 @@
 //! peer that stops reading or answering for [`DRAIN_TIMEOUT`] cuts this
 //! short, and that is counted.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -287,7 +289,14 @@ impl Relay {
         // registered and dropped on every event.
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
+        let mut shutdown_polled = false;
+        // The account-change future is polled only to register and when a
+        // clone of its receiver (a version compare, no lock) says it has
+        // something: polling it every turn costs a lock.
+        let mut accounts_probe = self.accounts.clone();
+        let mut accounts_polled = false;
         let mut accounts = Box::pin(next_change(self.accounts.take()));
+        let mut turn: usize = 0;
         loop {
             let now = Instant::now();
             if self.client.flush(now).is_err() {
@@ -320,22 +329,82 @@ impl Relay {
                 self.timer.as_mut().reset(deadline);
                 self.timer_at = deadline;
             }
-            // Not biased: under a flood from one side, the other side, the
-            // timer (shutdown, expiry) and account changes still get their
-            // turn.
-            let event = tokio::select! {
-                _ = &mut cancelled, if self.grace_end.is_none() => Event::Shutdown,
-                r = self.client.transport.readable(), if read_client => Event::ClientReadable(r.is_ok()),
-                r = self.upstream.transport.readable(), if read_upstream => Event::UpstreamReadable(r.is_ok()),
-                r = self.client.transport.writable(), if self.client.has_output() => Event::ClientWritable(r.is_ok()),
-                r = self.upstream.transport.writable(), if self.upstream.has_output() => Event::UpstreamWritable(r.is_ok()),
-                _ = &mut self.timer => Event::Timer,
-                (ok, rx) = &mut accounts => {
-                    accounts = Box::pin(next_change(rx));
-                    Event::AccountsChanged(ok)
+            // Not biased: each turn starts with the next source, so under a
+            // flood from one side the other side, the timer (shutdown,
+            // expiry) and account changes still get their turn. Sources are
+            // polled in place (readiness by `poll_*_ready`, no future made
+            // and dropped per turn); the shutdown token is polled once to
+            // register and then only read, since the same task's waker is
+            // woken by its cancellation.
+            turn = turn.wrapping_add(1);
+            let start = turn % SOURCES;
+            let listen_shutdown = self.grace_end.is_none();
+            let event = std::future::poll_fn(|cx| {
+                for i in 0..SOURCES {
+                    let ready = match (start + i) % SOURCES {
+                        0 if listen_shutdown => {
+                            let cancelled_now = if shutdown_polled {
+                                shutdown.is_cancelled()
+                            } else {
+                                shutdown_polled = true;
+                                cancelled.as_mut().poll(cx).is_ready()
+                            };
+                            cancelled_now.then_some(Event::Shutdown)
+                        }
+                        1 if read_client => ready_event(
+                            self.client.transport.poll_readable(cx),
+                            Event::ClientReadable,
+                        ),
+                        2 if read_upstream => ready_event(
+                            self.upstream.transport.poll_readable(cx),
+                            Event::UpstreamReadable,
+                        ),
+                        3 if self.client.has_output() => ready_event(
+                            self.client.transport.poll_writable(cx),
+                            Event::ClientWritable,
+                        ),
+                        4 if self.upstream.has_output() => ready_event(
+                            self.upstream.transport.poll_writable(cx),
+                            Event::UpstreamWritable,
+                        ),
+                        5 => self
+                            .timer
+                            .as_mut()
+                            .poll(cx)
+                            .is_ready()
+                            .then_some(Event::Timer),
+                        6 if !accounts_polled
+                            || accounts_probe
+                                .as_ref()
+                                .is_some_and(|p| p.has_changed().unwrap_or(true)) =>
+                        {
+                            accounts_polled = true;
+                            match accounts.as_mut().poll(cx) {
+                                Poll::Ready((ok, rx)) => {
+                                    match accounts_probe.as_mut() {
+                                        Some(probe) if ok => probe.mark_unchanged(),
+                                        _ => accounts_probe = None,
+                                    }
+                                    accounts = Box::pin(next_change(rx));
+                                    accounts_polled = false;
+                                    Some(Event::AccountsChanged(ok))
+                                }
+                                Poll::Pending => None,
+                            }
+                        }
+                        7 => match self.own.poll_next(cx) {
+                            Poll::Ready(Some(answer)) => Some(Event::OwnAnswer(answer)),
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    if let Some(event) = ready {
+                        return Poll::Ready(event);
+                    }
                 }
-                Some(answer) = self.own.next() => Event::OwnAnswer(answer),
-            };
+                Poll::Pending
+            })
+            .await;
             let result = match event {
                 Event::Shutdown => self.lame_duck(),
                 Event::ClientReadable(true) => match self.client.read() {
@@ -668,6 +737,17 @@ fn expired(text: &str) -> Close {
     debug!(reason = text, "credentials expired");
     Close::Gate {
         error: Some(encode::err(text)),
+    }
+}
+
+/// The event sources of [`Relay::relay_loop`]'s turn.
+const SOURCES: usize = 8;
+
+/// `event(ok)` when a readiness poll is ready.
+fn ready_event(ready: Poll<std::io::Result<()>>, event: fn(bool) -> Event) -> Option<Event> {
+    match ready {
+        Poll::Ready(r) => Some(event(r.is_ok())),
+        Poll::Pending => None,
     }
 }
 

@@ -12,6 +12,7 @@
 //!   become binary frames.
 
 use std::io::{self, Read, Write};
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::Interest;
@@ -63,24 +64,37 @@ impl Transport {
 
     /// Resolves when a read may make progress.
     pub async fn readable(&self) -> io::Result<()> {
-        match self {
-            Transport::Plain(tcp) => tcp.readable().await,
-            Transport::Tls(t) => {
-                if t.has_plaintext() {
-                    return Ok(());
-                }
-                t.tcp.readable().await
-            }
-            Transport::Ws(w) => w.readable().await,
-        }
+        std::future::poll_fn(|cx| self.poll_readable(cx)).await
     }
 
     /// Resolves when a write may make progress.
     pub async fn writable(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_writable(cx)).await
+    }
+
+    /// Ready when a read may make progress. Only the waker of the latest
+    /// call is woken (one task drives a transport), and nothing is
+    /// registered or unregistered per call, unlike [`Transport::readable`]'s
+    /// future.
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Transport::Plain(tcp) => tcp.writable().await,
-            Transport::Tls(t) => t.tcp.writable().await,
-            Transport::Ws(w) => w.writable().await,
+            Transport::Plain(tcp) => tcp.poll_read_ready(cx),
+            Transport::Tls(t) => {
+                if t.has_plaintext() {
+                    return Poll::Ready(Ok(()));
+                }
+                t.tcp.poll_read_ready(cx)
+            }
+            Transport::Ws(w) => w.poll_readable(cx),
+        }
+    }
+
+    /// Ready when a write may make progress (as [`Transport::poll_readable`]).
+    pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Plain(tcp) => tcp.poll_write_ready(cx),
+            Transport::Tls(t) => t.tcp.poll_write_ready(cx),
+            Transport::Ws(w) => w.poll_writable(cx),
         }
     }
 

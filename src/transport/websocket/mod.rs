@@ -9,6 +9,7 @@
 //! - [`handshake`]: the HTTP upgrade, answered as nats-server answers it.
 
 use std::io;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tungstenite::protocol::frame::coding::Control;
@@ -78,15 +79,15 @@ impl WsTransport {
         }
     }
 
-    pub(super) async fn readable(&self) -> io::Result<()> {
+    pub(super) fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.more || self.eof || self.reader.is_closed() {
-            return Ok(());
+            return Poll::Ready(Ok(()));
         }
-        Box::pin(self.inner.readable()).await
+        self.inner.poll_readable(cx)
     }
 
-    pub(super) async fn writable(&self) -> io::Result<()> {
-        Box::pin(self.inner.writable()).await
+    pub(super) fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_writable(cx)
     }
 
     pub(super) fn wants_write(&self) -> bool {
