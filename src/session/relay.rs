@@ -261,8 +261,6 @@ impl Relay {
         relay
     }
 
-    /// Relays until either side closes, a fatal protocol error, expiry or
-    /// shutdown, then closes without losing what was accepted.
     /// How the client reached natsgate (its JWT's `allowed_connection_types`
     /// are checked against it, again on a second CONNECT).
     pub(super) fn connection_type(&self) -> crate::auth::ConnectionType {
@@ -273,6 +271,8 @@ impl Relay {
         }
     }
 
+    /// Relays until either side closes, a fatal protocol error, expiry or
+    /// shutdown, then closes without losing what was accepted.
     pub async fn run(mut self, shutdown: &CancellationToken) {
         let why = self.relay_loop(shutdown).await;
         self.close(why).await;

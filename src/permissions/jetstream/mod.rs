@@ -867,6 +867,7 @@ mod tests {
         )
     }
 
+    #[derive(Clone, Copy)]
     enum Want {
         Allow,
         Refuse(&'static str),
@@ -1006,12 +1007,7 @@ mod tests {
             ),
         ];
         for (subject, body, want) in rows {
-            let want = match want {
-                Want::Allow => Want::Allow,
-                Want::Refuse(t) => Want::Refuse(t),
-                Want::Stream => Want::Stream,
-            };
-            check(&p, subject, inbox, body, want);
+            check(&p, subject, inbox, body, *want);
         }
         let big = format!(
             r#"{{"config":{{"description":"{}"}}}}"#,
@@ -1108,12 +1104,7 @@ mod tests {
             ),
         ];
         for (subject, body, want) in rows {
-            let want = match want {
-                Want::Allow => Want::Allow,
-                Want::Refuse(t) => Want::Refuse(t),
-                Want::Stream => Want::Stream,
-            };
-            check(&p, subject, inbox, body, want);
+            check(&p, subject, inbox, body, *want);
         }
         // Direct get answers with a status header, the others with JSON.
         let Verdict::Refuse(direct) = inspect(
