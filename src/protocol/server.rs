@@ -3,7 +3,8 @@
 //! client, but its lengths are bounded all the same.
 
 use super::{
-    ParseError, Parsed, Verb, find_line, match_verb, parse_size, split_args, with_payload,
+    ParseError, Parsed, Verb, find_line, match_verb, parse_size, skip_blanks, split_args,
+    with_payload,
 };
 
 /// One server operation, borrowing from the input buffer.
@@ -39,9 +40,15 @@ pub struct ServerLimits {
 
 /// Parses one frame from the start of `buf`.
 pub fn parse<'a>(buf: &'a [u8], limits: &ServerLimits) -> Result<Parsed<ServerOp<'a>>, ParseError> {
-    let (verb, arg_start) = match match_verb(buf, SERVER_VERBS)? {
-        Some(found) => found,
-        None => return Ok(Parsed::Incomplete { needed: None }),
+    // The frame that carries the traffic, in capitals as nats-server writes
+    // it, without the case-insensitive search through every verb.
+    let found = if let [b'M', b'S', b'G', b' ' | b'\t', ..] = buf {
+        Some((Verb::Msg, skip_blanks(buf, 4)))
+    } else {
+        match_verb(buf, SERVER_VERBS)?
+    };
+    let Some((verb, arg_start)) = found else {
+        return Ok(Parsed::Incomplete { needed: None });
     };
     let Some((line_end, next)) = find_line(buf, arg_start, limits.max_control_line)? else {
         return Ok(Parsed::Incomplete { needed: None });
@@ -123,6 +130,31 @@ mod tests {
         max_control_line: 4096,
         max_payload: 1 << 20,
     };
+
+    #[test]
+    fn the_fast_path_parses_as_the_verb_search_does() {
+        // In capitals the frame takes the fast path; in any other case the
+        // search through every verb: the results must be the same.
+        let frames: &[&[u8]] = &[
+            b"VERB a 1 5\r\nhello\r\n",
+            b"VERB\ta 1 5\r\nhello\r\n",
+            b"VERB  a \t_R.x  5\r\nhello\r\n",
+            b"VERB a 1 5\r\nhel",
+            b"VERB a 1 5\r\nhelloX\r\n",
+            b"VERB a\r\n",
+            b"VERB a b c d e f\r\n",
+            b"VERB ",
+            b"VERB",
+        ];
+        for frame in frames {
+            let upper = String::from_utf8_lossy(frame).replace("VERB", "MSG");
+            let lower = upper.replace("MSG", "msg");
+            let mixed = upper.replace("MSG", "MsG");
+            let parse = |s: &str| parse(s.as_bytes(), &LIMITS).map(|p| format!("{p:?}"));
+            assert_eq!(parse(&upper), parse(&lower), "{upper:?}");
+            assert_eq!(parse(&upper), parse(&mixed), "{upper:?}");
+        }
+    }
 
     #[test]
     fn parses_deliveries() {
