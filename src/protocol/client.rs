@@ -87,7 +87,8 @@ pub fn parse<'a>(buf: &'a [u8], limits: &ClientLimits) -> Result<Parsed<ClientOp
         Verb::Connect => ClientOp::Connect(trim_blanks(arg)),
         Verb::Info => ClientOp::Info(trim_blanks(arg)),
         Verb::Sub => {
-            let (args, n) = split_args::<3>(arg).ok_or(ParseError::BadArguments)?;
+            let (args, n) =
+                split_args::<3>(buf, arg_start, line_end).ok_or(ParseError::BadArguments)?;
             match n {
                 2 => ClientOp::Sub {
                     subject: args[0],
@@ -103,7 +104,8 @@ pub fn parse<'a>(buf: &'a [u8], limits: &ClientLimits) -> Result<Parsed<ClientOp
             }
         }
         Verb::Unsub => {
-            let (args, n) = split_args::<2>(arg).ok_or(ParseError::BadArguments)?;
+            let (args, n) =
+                split_args::<2>(buf, arg_start, line_end).ok_or(ParseError::BadArguments)?;
             match n {
                 1 => ClientOp::Unsub {
                     sid: args[0],
@@ -117,7 +119,8 @@ pub fn parse<'a>(buf: &'a [u8], limits: &ClientLimits) -> Result<Parsed<ClientOp
             }
         }
         Verb::Pub => {
-            let (args, n) = split_args::<3>(arg).ok_or(ParseError::BadArguments)?;
+            let (args, n) =
+                split_args::<3>(buf, arg_start, line_end).ok_or(ParseError::BadArguments)?;
             let (subject, reply, size) = match n {
                 2 => (args[0], None, args[1]),
                 3 => (args[0], Some(args[1]), args[2]),
@@ -143,7 +146,8 @@ pub fn parse<'a>(buf: &'a [u8], limits: &ClientLimits) -> Result<Parsed<ClientOp
             if !limits.headers {
                 return Err(ParseError::HeadersNotNegotiated);
             }
-            let (args, n) = split_args::<4>(arg).ok_or(ParseError::BadArguments)?;
+            let (args, n) =
+                split_args::<4>(buf, arg_start, line_end).ok_or(ParseError::BadArguments)?;
             let (subject, reply, hdr, total) = match n {
                 3 => (args[0], None, args[1], args[2]),
                 4 => (args[0], Some(args[1]), args[2], args[3]),

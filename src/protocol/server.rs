@@ -61,7 +61,8 @@ pub fn parse<'a>(buf: &'a [u8], limits: &ServerLimits) -> Result<Parsed<ServerOp
         Verb::Err => ServerOp::Err(arg.trim_ascii_start()),
         Verb::Info => ServerOp::Info(arg),
         Verb::Msg => {
-            let (args, n) = split_args::<4>(arg).ok_or(ParseError::BadArguments)?;
+            let (args, n) =
+                split_args::<4>(buf, arg_start, line_end).ok_or(ParseError::BadArguments)?;
             let (subject, sid, reply, size) = match n {
                 3 => (args[0], args[1], None, args[2]),
                 4 => (args[0], args[1], Some(args[2]), args[3]),
@@ -84,7 +85,8 @@ pub fn parse<'a>(buf: &'a [u8], limits: &ServerLimits) -> Result<Parsed<ServerOp
             );
         }
         Verb::Hmsg => {
-            let (args, n) = split_args::<5>(arg).ok_or(ParseError::BadArguments)?;
+            let (args, n) =
+                split_args::<5>(buf, arg_start, line_end).ok_or(ParseError::BadArguments)?;
             let (subject, sid, reply, hdr, total) = match n {
                 4 => (args[0], args[1], None, args[2], args[3]),
                 5 => (args[0], args[1], Some(args[2]), args[3], args[4]),
