@@ -84,28 +84,14 @@ impl Conn {
     /// slice verbatim output from) and keeps the rest, a frame in progress
     /// of `needed` bytes in all when known.
     pub fn consumed(&mut self, mut input: BytesMut, used: usize, needed: Option<usize>) -> Bytes {
-        self.read.expect(needed);
-        if used == 0 {
-            // Only a frame in progress: the next read appends to it.
-            self.input = input;
-            return Bytes::new();
-        }
-        if used == input.len() {
-            // All of it: an empty buffer gives its memory back, so idle
-            // connections hold none.
-            self.input = BytesMut::new();
-            return input.freeze();
-        }
         let handled = input.split_to(used).freeze();
-        // The frame in progress moves to a buffer of its own, with room for
-        // the next read: left where it is, the next read's `reserve` would
-        // grow the old buffer by copying all of it, the bytes already
-        // handled included (a reallocation of the whole buffer, several
-        // KiB, per read that ended inside a frame).
-        let room = self.read.room(input.len());
-        let mut rest = BytesMut::with_capacity(room);
-        rest.extend_from_slice(&input);
-        self.input = rest;
+        self.read.expect(needed);
+        // An empty buffer gives its memory back: idle connections hold none.
+        self.input = if input.is_empty() {
+            BytesMut::new()
+        } else {
+            input
+        };
         handled
     }
 
@@ -174,13 +160,6 @@ impl ReadSize {
     fn expect(&mut self, end: Option<usize>) {
         self.frame_end = end;
     }
-
-    /// The capacity for a buffer that holds `len` bytes of a frame in
-    /// progress: the next read, and the whole frame when its length is
-    /// known.
-    fn room(&self, len: usize) -> usize {
-        (len + self.size).max(self.frame_end.unwrap_or(0))
-    }
 }
 
 #[cfg(test)]
@@ -201,20 +180,6 @@ mod tests {
             size.update(1, size.size);
         }
         assert_eq!(size.size, MIN_READ, "floored");
-    }
-
-    #[test]
-    fn a_moved_frame_in_progress_gets_room_for_the_next_read_or_all_of_it() {
-        let mut size = ReadSize::default();
-        assert_eq!(size.room(100), 100 + MIN_READ);
-        size.expect(Some(200_000));
-        assert_eq!(size.room(100), 200_000);
-        // And the read that follows asks for nothing more.
-        let mut buf = BytesMut::with_capacity(size.room(100));
-        buf.extend_from_slice(&[0; 100]);
-        let before = buf.capacity();
-        size.reserve(&mut buf);
-        assert_eq!(buf.capacity(), before, "no reallocation");
     }
 
     #[test]
