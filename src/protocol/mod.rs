@@ -479,6 +479,46 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_path_parses_as_the_verb_search_does() {
+        // In capitals MSG and PUB take the fast path; in any other case
+        // the search through every verb: the results must be the same.
+        let frames: &[&str] = &[
+            "VERB a 1 5\r\nhello\r\n",
+            "VERB\ta 1 5\r\nhello\r\n",
+            "VERB  a \t_R.x  5\r\nhello\r\n",
+            "VERB a 1 5\r\nhel",
+            "VERB a 1 5\r\nhelloX\r\n",
+            "VERB a\r\n",
+            "VERB a b c d e f\r\n",
+            "VERB ",
+            "VERB",
+        ];
+        let server_limits = server::ServerLimits {
+            max_control_line: 4096,
+            max_payload: 1 << 20,
+        };
+        let client_limits = client::ClientLimits {
+            max_control_line: 4096,
+            max_payload: 1 << 20,
+            headers: true,
+        };
+        let server = |s: &str| format!("{:?}", server::parse(s.as_bytes(), &server_limits));
+        let client = |s: &str| format!("{:?}", client::parse(s.as_bytes(), &client_limits));
+        type Parse<'a> = &'a dyn Fn(&str) -> String;
+        let parsers: [(&str, Parse); 2] = [("MSG", &server), ("PUB", &client)];
+        for (verb, parse) in parsers {
+            for frame in frames {
+                let upper = frame.replace("VERB", verb);
+                let lower = upper.replacen(verb, &verb.to_lowercase(), 1);
+                let mixed_verb = format!("{}{}", &verb[..2], verb[2..].to_lowercase());
+                let mixed = upper.replacen(verb, &mixed_verb, 1);
+                assert_eq!(parse(&upper), parse(&lower), "{upper:?}");
+                assert_eq!(parse(&upper), parse(&mixed), "{upper:?}");
+            }
+        }
+    }
+
+    #[test]
     fn sizes_are_one_to_nine_digits() {
         assert_eq!(parse_size(b"0"), Some(0));
         assert_eq!(parse_size(b"005"), Some(5));
