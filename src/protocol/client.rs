@@ -13,7 +13,7 @@
 //! their line.
 
 use super::{
-    ParseError, Parsed, Verb, find_line, match_verb, parse_size, skip_blanks, split_args,
+    ParseError, Parsed, Verb, find_line, is_blank, match_verb, parse_size, skip_blanks, split_args,
     with_payload,
 };
 
@@ -185,10 +185,6 @@ fn trim_blanks(s: &[u8]) -> &[u8] {
         .rposition(|b| !is_blank(*b))
         .map_or(start, |i| i + 1);
     &s[start..end]
-}
-
-fn is_blank(b: u8) -> bool {
-    b == b' ' || b == b'\t'
 }
 
 /// The verbs a client may send, with whether a blank must follow.

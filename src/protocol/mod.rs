@@ -185,7 +185,7 @@ pub(crate) fn split_args<const N: usize>(
 ) -> Option<([&[u8]; N], usize)> {
     // This runs for every PUB and MSG (the iterator version, split then
     // filter out the empty parts, cost about 260 instructions for a MSG
-    // line of 30 bytes). A line shorter than 64 bytes, nearly every one,
+    // line of 20 bytes). A line shorter than 64 bytes, nearly every one,
     // is split on a bit mask of its blanks, made eight bytes at a time.
     let arg = &buf[start..end];
     let mut out: [&[u8]; N] = [&[]; N];
@@ -262,9 +262,8 @@ pub(crate) fn skip_blanks(buf: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// The first blank at or after `i`, or the end of `buf`. Eight bytes at a
-/// time: subjects are long enough for that to be several times faster than
-/// a byte loop.
+/// The first blank at or after `i`, or the end of `buf`, eight bytes at a
+/// time (for lines of 64 bytes or more, which the bit mask does not take).
 #[inline]
 fn find_blank(buf: &[u8], mut i: usize) -> usize {
     while let Some(Ok(word)) = buf.get(i..i + 8).map(<[u8; 8]>::try_from) {
