@@ -139,12 +139,29 @@ impl Default for ReadSize {
 
 impl ReadSize {
     /// Makes room in `buf` for the next read; returns the room made.
+    ///
+    /// The room counts the frame in progress already in `buf`: `size`
+    /// bytes in all, as the last read had (at least a quarter of the
+    /// smallest read more). When the handled bytes before the frame have
+    /// been written and dropped, that fits the buffer the frame is in, and
+    /// only the frame is copied, to its start. Otherwise the frame moves to
+    /// a new buffer; `BytesMut::reserve` would copy the whole old one,
+    /// handled bytes included, into one twice its size.
     fn reserve(&mut self, buf: &mut BytesMut) -> usize {
         let frame_rest = self
             .frame_end
             .take()
             .map_or(0, |end| end.saturating_sub(buf.len()));
-        buf.reserve(self.size.max(frame_rest));
+        let room = self
+            .size
+            .saturating_sub(buf.len())
+            .max(MIN_READ / 4)
+            .max(frame_rest);
+        if !buf.try_reclaim(room) {
+            let mut fresh = BytesMut::with_capacity(buf.len() + room);
+            fresh.extend_from_slice(buf);
+            *buf = fresh;
+        }
         buf.capacity() - buf.len()
     }
 
@@ -180,6 +197,32 @@ mod tests {
             size.update(1, size.size);
         }
         assert_eq!(size.size, MIN_READ, "floored");
+    }
+
+    #[test]
+    fn a_frame_in_progress_goes_back_to_the_start_of_its_own_buffer() {
+        let mut size = ReadSize::default();
+        let mut buf = BytesMut::new();
+        size.reserve(&mut buf);
+        assert_eq!(buf.capacity(), MIN_READ);
+        // A read of 4,000 bytes ends 100 bytes into a frame; what was
+        // handled is written and dropped.
+        buf.extend_from_slice(&[b'x'; 4_000]);
+        drop(buf.split_to(3_900).freeze());
+        size.reserve(&mut buf);
+        // The same buffer, not one twice its size with everything copied.
+        assert_eq!(buf.capacity(), MIN_READ);
+        assert_eq!(&buf[..], &[b'x'; 100][..]);
+
+        // Handled bytes still queued: the frame moves to a buffer of its
+        // own, and they stay as they were.
+        buf.extend_from_slice(&[b'y'; 3_000]);
+        let queued = buf.split_to(3_050).freeze();
+        size.reserve(&mut buf);
+        assert!(buf.capacity() - buf.len() >= MIN_READ - 50);
+        assert_eq!(&buf[..], &[b'y'; 50][..]);
+        assert_eq!(queued.len(), 3_050);
+        assert!(queued[100..].iter().all(|b| *b == b'y'));
     }
 
     #[test]
