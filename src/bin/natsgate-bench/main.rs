@@ -7,10 +7,13 @@
 //!
 //! (or `scripts/bench.sh [--quick]`, which installs nats-server first).
 //!
-//! Three ways to reach the same plain nats-server (user/password):
-//! `direct`; `relay`, a tokio `copy_bidirectional_with_sizes` forwarder with
-//! 64 KiB buffers (the reference for what any TCP proxy costs); and
-//! `natsgate`, with JWT users whose permissions have allow and deny lists and
+//! Three configurations: `direct`, nats-server in operator mode with the
+//! same JWT user, its permissions enforced by the server itself (as issue 12
+//! measures; `--direct plain` makes it the plain server below instead);
+//! `relay`, a tokio `copy_bidirectional_with_sizes` forwarder with 64 KiB
+//! buffers to a plain nats-server (user/password; the reference for what
+//! any TCP proxy costs); and `natsgate` in front of that plain server, with
+//! the JWT user, whose permissions have allow and deny lists and
 //! `allow_responses`. Each round measures the three alternately (in a rotating
 //! order); the table shows medians over the rounds. The figures:
 //! - publish and pub->sub throughput per payload size, request/reply latency;
@@ -58,7 +61,7 @@ use table::{CONFIGS, Config, Row, Target, percentile, progress, rotated};
 
 const USAGE: &str = "\
 usage: natsgate-bench [--quick] [--rounds N] [--seconds S] [--clients N] [--natsgate PATH]
-                      [--only LIST] [--pace MS]
+                      [--only LIST] [--pace MS] [--direct operator|plain]
 
   --quick          a ~1 minute run: 2 rounds of 0.5 s measurements
   --rounds N       rounds for the throughput and latency figures (default 5)
@@ -71,6 +74,10 @@ usage: natsgate-bench [--quick] [--rounds N] [--seconds S] [--clients N] [--nats
                    manyclients, connect, websocket, memory, guard (default: all)
   --pace MS        manyclients latency: each of the 100 publishers sends one
                    message per MS milliseconds (default 100)
+  --direct MODE    what \"direct\" is: operator (default), nats-server in
+                   operator mode with the same JWT user, which enforces its
+                   permissions itself; or plain, the plain nats-server
+                   (user/password, no permissions) natsgate and the relay use
 
 publish, pubsub and reqrep also report the CPU time per message (per round
 trip) of nats-server (direct), the relay process and natsgate.
@@ -85,6 +92,8 @@ struct Options {
     pace: Duration,
     natsgate: Option<PathBuf>,
     only: Option<Vec<String>>,
+    /// `direct` is the plain server rather than the operator-mode one.
+    plain_direct: bool,
 }
 
 /// Below this many idle clients the memory figure says too little.
@@ -118,6 +127,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         pace: many::DEFAULT_PACE,
         natsgate: None,
         only: None,
+        plain_direct: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -156,6 +166,13 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 o.pace = Duration::from_millis(ms.clamp(1, 1000));
             }
             "--natsgate" => o.natsgate = Some(PathBuf::from(value("--natsgate")?)),
+            "--direct" => {
+                o.plain_direct = match value("--direct")?.as_str() {
+                    "operator" => false,
+                    "plain" => true,
+                    other => return Err(format!("--direct: {other:?} is not operator or plain")),
+                }
+            }
             "--only" => {
                 let list: Vec<String> = value("--only")?
                     .split(',')
@@ -275,12 +292,14 @@ struct Setup {
     relay: Proc,
     gate: Proc,
     user: Auth,
+    plain_direct: bool,
 }
 
 impl Setup {
     fn addr(&self, c: Config) -> SocketAddr {
         match c {
-            Config::Direct => self.plain.addr,
+            Config::Direct if self.plain_direct => self.plain.addr,
+            Config::Direct => self.operator.addr,
             Config::Relay => self.relay.addr,
             Config::Gate => self.gate.addr,
         }
@@ -288,15 +307,17 @@ impl Setup {
 
     fn auth(&self, c: Config) -> Auth {
         match c {
-            Config::Gate => self.user.clone(),
-            Config::Direct | Config::Relay => setup::gate_auth(),
+            Config::Direct if self.plain_direct => setup::gate_auth(),
+            Config::Gate | Config::Direct => self.user.clone(),
+            Config::Relay => setup::gate_auth(),
         }
     }
 
     /// The process whose CPU time `c`'s figures report.
     fn probe(&self, c: Config) -> cpu::Probe {
         cpu::Probe::new(match c {
-            Config::Direct => self.plain.pid(),
+            Config::Direct if self.plain_direct => self.plain.pid(),
+            Config::Direct => self.operator.pid(),
             Config::Relay => self.relay.pid(),
             Config::Gate => self.gate.pid(),
         })
@@ -377,6 +398,14 @@ fn bench(mut o: Options) -> Result<(), String> {
         Some(p) => println!("  natsgate:    {}", p.display()),
         None => println!("  natsgate:    library, run by this binary (no natsgate binary found)"),
     }
+    println!(
+        "  direct:      {}",
+        if o.plain_direct {
+            "the plain nats-server (user/password) behind natsgate and the relay (--direct plain)"
+        } else {
+            "nats-server in operator mode, the same JWT user (its permissions enforced by the server)"
+        }
+    );
 
     let dir = procs::ScratchDir::new().map_err(|e| format!("scratch dir: {e}"))?;
     let ids = setup::mint();
@@ -403,6 +432,7 @@ fn bench(mut o: Options) -> Result<(), String> {
         relay,
         gate,
         user: ids.user.clone(),
+        plain_direct: o.plain_direct,
     };
     // Every configuration must work before anything is measured.
     for c in CONFIGS {

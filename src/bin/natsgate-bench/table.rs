@@ -159,8 +159,9 @@ pub fn print_table(rows: &[Row]) {
         );
     }
     println!(
-        "\nmedians of the rounds; \"direct\" for JWT connects is nats-server in operator mode \
-         with the same JWTs; memory is RSS growth per idle client of a fresh process \
+        "\nmedians of the rounds; \"direct\" is nats-server in operator mode with the same \
+         JWT user and its permissions (unless --direct plain), and for JWT connects the same \
+         JWTs; memory is RSS growth per idle client of a fresh process \
          (direct: nats-server, relay: the relay process), \"memory upstream\" that of the \
          fresh nats-server behind it; cpu/msg is the user+system CPU time \
          (/proc/<pid>/stat, all threads) of nats-server (direct), the relay process or \
