@@ -151,10 +151,19 @@ impl Rates {
     /// Takes one message of `bytes` payload bytes from every bucket, or
     /// says when it may be taken (taking nothing then). The wait is at
     /// least [`MIN_PAUSE`], so a throttled session wakes for a batch.
+    #[inline]
     pub fn take(&self, bytes: u64, now: Instant) -> Result<(), Instant> {
-        if !self.is_limited() {
-            return Ok(());
+        if self.is_limited() {
+            self.take_limited(bytes, now)
+        } else {
+            Ok(())
         }
+    }
+
+    /// [`Rates::take`] with a limit to apply (kept out of line: every PUB
+    /// of a session without limits only tests the two options).
+    #[inline(never)]
+    fn take_limited(&self, bytes: u64, now: Instant) -> Result<(), Instant> {
         // Always user then account: one order, no deadlock.
         let mut user = self.user.as_ref().map(lock);
         let mut account = self.account.as_ref().map(lock);
