@@ -108,7 +108,9 @@ impl Relay {
         Ok(())
     }
 
+    // Inlined into the scan's loop: this runs for every PUB.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn client_op(
         &mut self,
         op: ClientOp<'_>,

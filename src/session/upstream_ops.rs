@@ -71,6 +71,8 @@ impl Relay {
         result
     }
 
+    // Inlined into the scan's loop: this runs for every delivery.
+    #[inline(always)]
     fn upstream_op(
         &mut self,
         op: ServerOp<'_>,
@@ -166,6 +168,7 @@ impl Relay {
     /// the sid or nats-server would have filtered it. A `status` message
     /// (the 503 no-responders) is not counted against `UNSUB <sid> <max>`.
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     fn deliver(
         &mut self,
         subject: &[u8],
