@@ -1,6 +1,6 @@
 //! The relay: both sockets of one session, driven by one task.
 //!
-//! Each readable event reads 4 to 64 KiB (adapting to the traffic), parses
+//! Each readable event reads 4 to 256 KiB (adapting to the traffic), parses
 //! every complete frame in it, and decides per frame ([`super::client_ops`],
 //! [`super::upstream_ops`]). Frames that pass go on *verbatim*, as slices of
 //! the read buffer; writes are vectored and non-blocking. natsgate's own
