@@ -1145,3 +1145,108 @@ async fn scope_template_with_blanks_inside_braces() {
         side_by_side("D (nats-server)", &td, "G (natsgate)", &tg)
     );
 }
+
+/// Runs of deliveries with the same control line (natsgate repeats the
+/// decision of the first, see `session/repeat.rs`) are counted, filtered and
+/// ended exactly as nats-server does: a limited sid (`UNSUB <sid> <max>`)
+/// ends at its maximum inside a run and moves the other subscription to
+/// another slot, a denied subject amid the run stays filtered, a reply
+/// subject is tracked for `allow_responses`, and a maximum set after a run
+/// counts the run's deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_the_same_delivery_are_counted_and_filtered_as_nats_server_does() {
+    let op = j::operator("runs", false, None);
+    let acc = KeyPair::new_account();
+    let accounts = vec![(
+        acc.public_key(),
+        j::sign_account(&j::account_claims(&acc, "R"), &op.signing),
+    )];
+    let ukp = KeyPair::new_user();
+    let mut uc = j::user_claims(&ukp, "u");
+    uc.nats.limits.subscribe.deny = vec!["a.secret".into()];
+    uc.nats.limits.publish.allow = vec!["a.>".into()];
+    uc.nats.limits.response = Some(ResponsePermission { max: 1, ttl: 0 });
+    let u = user_login(&uc, &acc, &ukp);
+    let pkp = KeyPair::new_user();
+    let p = user_login(&j::user_claims(&pkp, "p"), &acc, &pkp);
+    let world = World {
+        operator_jwt: op.jwt.clone(),
+        accounts_d: accounts.clone(),
+        accounts_g: accounts,
+        observers: Vec::new(),
+        cases: Vec::new(),
+    };
+    let sides = start_sides(&world);
+
+    // Per side: the deliveries of each phase as (sid, subject) counts,
+    // and the user's answers to the requests.
+    let mut results = Vec::new();
+    for addr in [sides.direct.addr(), sides.gate.addr()] {
+        let mut uc = RawClient::connect(addr).await;
+        login(&mut uc, &u, json!({})).await;
+        let mut pc = RawClient::connect(addr).await;
+        login(&mut pc, &p, json!({})).await;
+        // Sid 2 (limited to 5) comes first, so when it ends, sid 1 moves
+        // into its slot.
+        uc.send(b"SUB a.* 2\r\nUNSUB 2 5\r\nSUB a.* 1\r\n").await;
+        uc.flush().await;
+        let mut run = Vec::new();
+        for i in 0..40 {
+            let subject = if i % 13 == 7 { "a.secret" } else { "a.b" };
+            run.extend_from_slice(format!("PUB {subject} 2\r\nhi\r\n").as_bytes());
+        }
+        run.extend_from_slice(b"PUB a.b _INBOX.x.1 2\r\nhi\r\nPUB a.b 2\r\nhi\r\n");
+        pc.send(&run).await;
+        pc.flush().await;
+        let first = tally(&uc.flush().await);
+        // Sid 1 got 39 so far: a maximum of 45 leaves it 6 more.
+        uc.send(b"UNSUB 1 45\r\n").await;
+        uc.flush().await;
+        let more = b"PUB a.b 2\r\nhi\r\n".repeat(10);
+        pc.send(&more).await;
+        pc.flush().await;
+        let second = tally(&uc.flush().await);
+        // The reply delivered in the run may be answered once.
+        uc.send(b"PUB _INBOX.x.1 2\r\nok\r\nPUB _INBOX.x.1 2\r\nok\r\n")
+            .await;
+        let answers: Vec<Frame> = uc
+            .flush()
+            .await
+            .into_iter()
+            .filter(|f| !matches!(f, Frame::Info(_)))
+            .collect();
+        results.push((first, second, answers));
+    }
+    let (d, g) = (&results[0], &results[1]);
+    assert_eq!(
+        d.0,
+        vec![
+            ("1".into(), "a.b".into(), 39),
+            ("2".into(), "a.b".into(), 5)
+        ],
+        "nats-server: 39 of a.b on sid 1, sid 2 ends at 5, a.secret filtered"
+    );
+    assert_eq!(d.1, vec![("1".into(), "a.b".into(), 6)], "nats-server");
+    assert_eq!(
+        d.2.len(),
+        1,
+        "nats-server refuses the second answer: {:?}",
+        d.2
+    );
+    assert_eq!(d, g, "nats-server (left) against natsgate (right)");
+    sides.gate.assert_running();
+}
+
+/// The MSG frames of `frames` counted by (sid, subject), sorted.
+fn tally(frames: &[Frame]) -> Vec<(String, String, usize)> {
+    let mut counts = std::collections::BTreeMap::<(String, String), usize>::new();
+    for f in frames {
+        if let Frame::Msg { subject, sid, .. } = f {
+            *counts.entry((sid.clone(), subject.clone())).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|((sid, s), n)| (sid, s, n))
+        .collect()
+}

@@ -357,6 +357,9 @@ pub struct Authorizer {
     /// Deliveries report-only mode let through that the filter would have
     /// dropped, since the last [`Authorizer::take_would_filter`].
     would_filter: u64,
+    /// Changes whenever a delivery's verdict may change (see
+    /// [`Authorizer::generation`]).
+    generation: u64,
 }
 
 /// What a delivered subject matched in the subscribe deny list. Cached per
@@ -380,12 +383,29 @@ impl Authorizer {
             responses,
             report_only: false,
             would_filter: 0,
+            generation: 0,
         }
+    }
+
+    /// Changes whenever [`Authorizer::filter_delivery`] may decide
+    /// differently for a delivery without a reply: new permissions, the
+    /// filter armed, report-only mode switched.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether [`Authorizer::filter_delivery`] of a delivery with `reply`
+    /// is a pure function of its subject, queue and the
+    /// [`Authorizer::generation`]: no response to record, no report-only
+    /// count to make.
+    pub fn delivery_repeatable(&self, reply: Option<&[u8]>) -> bool {
+        !self.report_only && (self.responses.is_none() || reply.is_none_or(<[u8]>::is_empty))
     }
 
     /// Switches report-only mode on or off (see the field).
     pub fn set_report_only(&mut self, on: bool) {
         self.report_only = on;
+        self.generation += 1;
     }
 
     /// Whether report-only mode is on.
@@ -440,6 +460,7 @@ impl Authorizer {
         let allowed = self.permissions.can_subscribe(subject, queue);
         if allowed && !self.filter_armed && self.permissions.arms_delivery_filter(subject, queue) {
             self.filter_armed = true;
+            self.generation += 1;
         }
         allowed && queue != Some(SYSTEM_QUEUE)
     }
@@ -499,6 +520,7 @@ impl Authorizer {
         self.publish_cache.clear();
         self.delivery_cache.clear();
         self.filter_armed = false;
+        self.generation += 1;
     }
 
     pub fn permissions(&self) -> &Arc<Permissions> {

@@ -29,6 +29,17 @@ pub enum Parsed<T> {
     Incomplete { needed: Option<usize> },
 }
 
+impl<T> Parsed<T> {
+    /// The same result with the frame's op made into another type.
+    #[inline]
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Parsed<U> {
+        match self {
+            Parsed::Frame { op, len } => Parsed::Frame { op: f(op), len },
+            Parsed::Incomplete { needed } => Parsed::Incomplete { needed },
+        }
+    }
+}
+
 /// A protocol error. Each maps to nats-server's reaction (spec 1.12):
 /// [`ParseError::error_text`] says what is sent before the connection closes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

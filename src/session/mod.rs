@@ -21,6 +21,7 @@ mod order;
 mod own_answers;
 mod pieces;
 mod relay;
+mod repeat;
 mod resolver_ops;
 mod subs;
 mod upstream_ops;

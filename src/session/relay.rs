@@ -34,6 +34,7 @@ use super::conn::{Conn, HIGH_WATER, Read};
 use super::jetstream::JsGuard;
 use super::order::{Order, Ping};
 use super::own_answers::{OwnAnswer, OwnAnswers};
+use super::repeat::RepeatLine;
 use super::subs::Subscriptions;
 use super::{Authenticated, Close, until};
 use crate::auth::Identity;
@@ -150,6 +151,9 @@ pub struct Relay {
     pub(super) own: OwnAnswers,
     /// The JetStream guard's state; `None` unless `[jetstream] guard`.
     pub(super) js: Option<Box<JsGuard>>,
+    /// The last delivery whose decision a frame with the same control line
+    /// may repeat.
+    pub(super) repeat: RepeatLine,
     /// The `[limits]` buckets this session draws from, and its throttle.
     pub(super) rates: Rates,
     pub(super) throttle: Throttle,
@@ -236,6 +240,7 @@ impl Relay {
             pubs_accepted: 0,
             own: OwnAnswers::default(),
             js: None,
+            repeat: RepeatLine::default(),
             rates,
             throttle: Throttle::default(),
             closing_at: None,

@@ -29,10 +29,13 @@ pub struct Subscriptions {
     /// The slot of the last delivery, tried first: deliveries come in runs
     /// on one sid, and comparing a sid costs a fraction of hashing it.
     last: usize,
+    /// Changes with every change but a delivery count (see
+    /// [`Subscriptions::generation`]).
+    generation: u64,
 }
 
 /// What a delivery on a sid means for the subscription.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {
     /// Not subscribed (any more): drop the message.
     Unknown,
@@ -47,6 +50,13 @@ pub enum Delivery {
 impl Subscriptions {
     pub fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Changes whenever a subscription comes, goes, moves to another slot
+    /// or gets a maximum: a slot and a decision taken with one generation
+    /// hold as long as it is current.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn contains(&self, sid: &[u8]) -> bool {
@@ -72,6 +82,7 @@ impl Subscriptions {
             delivered: 0,
             max: None,
         };
+        self.generation += 1;
         match self.index.get(sid) {
             // The same sid again replaces the subscription, as it does in
             // nats-server.
@@ -114,6 +125,7 @@ impl Subscriptions {
         let Some(at) = self.index.remove(sid) else {
             return false;
         };
+        self.generation += 1;
         self.slots.swap_remove(at);
         if let Some((moved, _)) = self.slots.get(at) {
             self.index.insert(moved.clone(), at);
@@ -122,6 +134,7 @@ impl Subscriptions {
     }
 
     pub fn clear(&mut self) -> Vec<Bytes> {
+        self.generation += 1;
         self.index.clear();
         self.slots.drain(..).map(|(sid, _)| sid).collect()
     }
@@ -140,6 +153,7 @@ impl Subscriptions {
         match max {
             Some(m) if m > 0 && (m as u64) > sub.delivered => {
                 sub.max = Some(m as u64);
+                self.generation += 1;
                 true
             }
             _ => {
@@ -161,6 +175,22 @@ impl Subscriptions {
             None => Delivery::Unknown,
             Some(at) if !accept(self.slots[at].1.queue.as_deref()) => Delivery::Filtered,
             Some(_) => Delivery::Deliver,
+        }
+    }
+
+    /// The slot of `sid`'s subscription when it has no maximum: its
+    /// deliveries can be counted with [`Subscriptions::count_at`] for as
+    /// long as the [`Subscriptions::generation`] stays.
+    pub fn unlimited_slot(&mut self, sid: &[u8]) -> Option<usize> {
+        let at = self.find(sid)?;
+        self.slots[at].1.max.is_none().then_some(at)
+    }
+
+    /// Counts one delivery on the subscription in `slot` (from
+    /// [`Subscriptions::unlimited_slot`], this generation).
+    pub fn count_at(&mut self, slot: usize) {
+        if let Some((_, sub)) = self.slots.get_mut(slot) {
+            sub.delivered += 1;
         }
     }
 

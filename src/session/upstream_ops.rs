@@ -3,6 +3,7 @@
 //! the `PING`s that asked for them (releasing what [`super::order::Order`]
 //! held behind them), and the upstream's own keep-alive answered.
 
+use std::cell::RefCell;
 use std::ops::ControlFlow;
 
 use bytes::Bytes;
@@ -12,11 +13,12 @@ use super::Close;
 use super::order::Ping;
 use super::pieces::{Pieces, Scanned, scan};
 use super::relay::Relay;
+use super::repeat::RepeatLine;
 use super::subs::Delivery;
 use crate::metrics::Direction;
-use crate::protocol::encode;
 use crate::protocol::info::UpstreamInfo;
 use crate::protocol::server::{self, ServerOp};
+use crate::protocol::{Parsed, encode};
 
 /// The status line of the no-responders message nats-server sends to a
 /// requester (spec 1.9); it does not count towards `UNSUB <sid> <max>`.
@@ -24,6 +26,13 @@ const NO_RESPONDERS_STATUS: &[u8] = b"NATS/1.0 503";
 
 /// The reply-subject prefix of a JetStream consumer's deliveries.
 const JS_ACK_PREFIX: &[u8] = b"$JS.ACK.";
+
+/// A frame of the upstream's input: parsed, or one that starts with the
+/// kept control line of [`super::repeat`].
+enum Frame<'a> {
+    Op(ServerOp<'a>),
+    Repeat,
+}
 
 impl Relay {
     /// Handles every complete frame the upstream sent, queueing what the
@@ -33,14 +42,33 @@ impl Relay {
         let mut pieces = Pieces::default();
         let now = std::time::Instant::now();
         let limits = self.upstream_limits;
+        // Out of the relay for the scan: the parser reads it while the
+        // handler has the relay.
+        let repeat = RefCell::new(std::mem::take(&mut self.repeat));
         let (used, stop) = scan(
             &input,
-            |buf| server::parse(buf, &limits),
-            |op, start, end| {
-                self.upstream_op(op, &input[start..end], start, end, &mut pieces, now);
+            |buf| match repeat.borrow().frame_len(buf) {
+                Some(len) => Ok(Parsed::Frame {
+                    op: Frame::Repeat,
+                    len,
+                }),
+                None => server::parse(buf, &limits).map(|parsed| parsed.map(Frame::Op)),
+            },
+            |frame, start, end| {
+                let repeat = &mut repeat.borrow_mut();
+                match frame {
+                    Frame::Repeat => {
+                        self.repeat_delivery(repeat, &input, (start, end), &mut pieces, now);
+                    }
+                    Frame::Op(op) => {
+                        let range = (start, end);
+                        self.upstream_op(op, &input[start..end], range, &mut pieces, now, repeat);
+                    }
+                }
                 ControlFlow::<()>::Continue(())
             },
         );
+        self.repeat = repeat.into_inner();
         let (needed, result) = match stop {
             Scanned::Incomplete(needed) => (needed, Ok(())),
             Scanned::Stopped(()) => (None, Ok(())),
@@ -71,16 +99,68 @@ impl Relay {
         result
     }
 
+    /// The generations a kept delivery decision holds for.
+    #[inline]
+    fn repeat_stamp(&self) -> (u64, u64) {
+        (self.user.subs.generation(), self.user.authz.generation())
+    }
+
+    /// A frame with the kept control line: the kept decision, unless the
+    /// subscriptions or permissions changed within this input (an
+    /// `UNSUB <sid> <max>` reached), when it is decided afresh.
+    #[inline(always)]
+    fn repeat_delivery(
+        &mut self,
+        repeat: &mut RepeatLine,
+        input: &[u8],
+        (start, end): (usize, usize),
+        pieces: &mut Pieces,
+        now: std::time::Instant,
+    ) {
+        if self.js.is_none()
+            && let Some((slot, payload_len)) = repeat.decision(self.repeat_stamp())
+        {
+            self.user.subs.count_at(slot);
+            pieces.pass(start, end);
+            pieces.count(payload_len);
+            return;
+        }
+        let frame = &input[start..end];
+        if let Ok(Parsed::Frame { op, .. }) = server::parse(frame, &self.upstream_limits) {
+            self.upstream_op(op, frame, (start, end), pieces, now, repeat);
+        }
+    }
+
+    /// After a MSG on `sid` was passed on: keeps its control line when its
+    /// decision can be repeated (see [`super::repeat`]).
+    fn keep_repeat(
+        &mut self,
+        repeat: &mut RepeatLine,
+        frame: &[u8],
+        sid: &[u8],
+        reply: Option<&[u8]>,
+        payload_len: usize,
+    ) {
+        if self.js.is_some() || !self.user.authz.delivery_repeatable(reply) {
+            return;
+        }
+        let Some(slot) = self.user.subs.unlimited_slot(sid) else {
+            return;
+        };
+        let line = &frame[..frame.len() - payload_len - 2];
+        repeat.keep(line, payload_len, slot, self.repeat_stamp());
+    }
+
     // Inlined into the scan's loop: this runs for every delivery.
     #[inline(always)]
     fn upstream_op(
         &mut self,
         op: ServerOp<'_>,
         frame: &[u8],
-        start: usize,
-        end: usize,
+        (start, end): (usize, usize),
         pieces: &mut Pieces,
         now: std::time::Instant,
+        repeat: &mut RepeatLine,
     ) {
         if let ServerOp::Msg { subject, sid, .. } | ServerOp::Hmsg { subject, sid, .. } = &op
             && self.js.as_ref().is_some_and(|js| js.owns(subject, sid))
@@ -110,16 +190,14 @@ impl Relay {
                 sid,
                 reply,
                 payload_len,
-            } => self.deliver(
-                subject,
-                sid,
-                reply,
-                payload_len,
-                false,
-                (start, end),
-                pieces,
-                now,
-            ),
+            } => {
+                let range = (start, end);
+                let delivery =
+                    self.deliver(subject, sid, reply, payload_len, false, range, pieces, now);
+                if delivery == Delivery::Deliver {
+                    self.keep_repeat(repeat, frame, sid, reply, payload_len);
+                }
+            }
             ServerOp::Hmsg {
                 subject,
                 sid,
@@ -179,7 +257,7 @@ impl Relay {
         (start, end): (usize, usize),
         pieces: &mut Pieces,
         now: std::time::Instant,
-    ) {
+    ) -> Delivery {
         let user = &mut self.user;
         let authz = &mut user.authz;
         // The JetStream guard's backstop: a consumer's delivery (its reply
@@ -225,6 +303,7 @@ impl Relay {
                 }
             }
         }
+        delivery
     }
 
     /// natsgate's INFO for this connection: the connect-info INFO after the
