@@ -3,6 +3,7 @@
 //! since when its queue has been full. The relay holds two, the client and
 //! the upstream, and drives both the same way.
 
+use std::cell::RefCell;
 use std::io;
 use std::time::Duration;
 
@@ -62,6 +63,11 @@ impl Conn {
 
     /// Reads what the socket has, without blocking.
     pub fn read(&mut self) -> Read {
+        if self.input.capacity() == 0
+            && let Some(spare) = spare::take()
+        {
+            self.input = spare;
+        }
         let asked = self.read.reserve(&mut self.input);
         match self.transport.try_read_buf(&mut self.input) {
             Ok(0) => Read::Closed,
@@ -86,12 +92,9 @@ impl Conn {
     pub fn consumed(&mut self, mut input: BytesMut, used: usize, needed: Option<usize>) -> Bytes {
         let handled = input.split_to(used).freeze();
         self.read.expect(needed);
-        // An empty buffer gives its memory back: idle connections hold none.
-        self.input = if input.is_empty() {
-            BytesMut::new()
-        } else {
-            input
-        };
+        // An empty buffer is kept until the handled bytes are written (see
+        // `flush`): it then goes to this thread's spares.
+        self.input = input;
         handled
     }
 
@@ -106,6 +109,12 @@ impl Conn {
         if self.has_output() {
             self.transport.write_queue(&mut self.out)?;
         }
+        // Nothing left to handle: the read buffer goes to this thread's
+        // spares (idle connections hold none, and the next read here or on
+        // another connection takes it back instead of allocating one).
+        if self.input.is_empty() && self.input.capacity() > 0 {
+            spare::put(std::mem::take(&mut self.input));
+        }
         if self.out.len() < HIGH_WATER {
             self.full_since = None;
         } else if self.full_since.is_none() {
@@ -117,6 +126,40 @@ impl Conn {
     /// When this side becomes a slow consumer: its queue full for `deadline`.
     pub fn stalled_at(&self, deadline: Duration) -> Option<Instant> {
         self.full_since.map(|since| since + deadline)
+    }
+}
+
+/// Read buffers between reads, per thread: a connection gives its buffer
+/// back when everything read has been handled and takes one (from here, else
+/// a new one) for its next read. A buffer whose handled bytes are written
+/// and dropped is reused in place; one still shared with bytes waiting to be
+/// written is reclaimed by [`ReadSize::reserve`] only once they are gone, or
+/// replaced by a new one.
+mod spare {
+    use super::*;
+
+    /// At most this many buffers are kept per thread...
+    pub(super) const COUNT: usize = 64;
+    /// ...of at most this capacity each (larger ones are freed).
+    const CAPACITY: usize = 64 * 1024;
+
+    thread_local! {
+        static SPARES: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn take() -> Option<BytesMut> {
+        SPARES.with_borrow_mut(|s| s.pop())
+    }
+
+    pub fn put(buf: BytesMut) {
+        if buf.capacity() > CAPACITY {
+            return;
+        }
+        SPARES.with_borrow_mut(|s| {
+            if s.len() < COUNT {
+                s.push(buf);
+            }
+        });
     }
 }
 
@@ -223,6 +266,29 @@ mod tests {
         assert_eq!(&buf[..], &[b'y'; 50][..]);
         assert_eq!(queued.len(), 3_050);
         assert!(queued[100..].iter().all(|b| *b == b'y'));
+    }
+
+    #[test]
+    fn spare_buffers_are_reused_and_bounded() {
+        assert!(spare::take().is_none(), "each test thread starts empty");
+        let buf = BytesMut::with_capacity(MIN_READ);
+        let at = buf.as_ptr();
+        spare::put(buf);
+        let again = spare::take().expect("kept");
+        assert_eq!(again.as_ptr(), at, "the same memory, not a new buffer");
+        assert!(spare::take().is_none());
+        // Too large to keep.
+        spare::put(BytesMut::with_capacity(MAX_READ));
+        assert!(spare::take().is_none());
+        // At most COUNT.
+        for _ in 0..spare::COUNT + 10 {
+            spare::put(BytesMut::with_capacity(MIN_READ));
+        }
+        let mut kept = 0;
+        while spare::take().is_some() {
+            kept += 1;
+        }
+        assert_eq!(kept, spare::COUNT);
     }
 
     #[test]
