@@ -430,12 +430,22 @@ impl Authorizer {
         if has_gateway_reply_prefix(subject) {
             return PublishDecision::DenySubject;
         }
-        if self.permissions.has_publish_rules() && !self.static_publish_allowed(subject) {
-            let tracked = self
-                .responses
-                .as_mut()
-                .is_some_and(|table| table.use_reply(subject, now));
-            if !tracked {
+        if self.permissions.has_publish_rules() {
+            // A reply in the response table was recorded because the static
+            // lists deny it (the table is new with every permission set), so
+            // on a cache miss the table is asked first: a reply published to
+            // once costs one lookup, and no entry in the publish cache.
+            let allowed = match self.publish_cache.get(subject) {
+                Some(allowed) => allowed || self.use_reply(subject, now),
+                None => {
+                    self.use_reply(subject, now) || {
+                        let allowed = self.permissions.publish_allowed(subject);
+                        self.publish_cache.insert(subject, allowed);
+                        allowed
+                    }
+                }
+            };
+            if !allowed {
                 return PublishDecision::DenySubject;
             }
         }
@@ -499,13 +509,28 @@ impl Authorizer {
         // reply delivered again while tracked costs one response, and only
         // an untracked (or used-up) reply is recorded afresh. Observed on
         // nats-server 2.15.1: two deliveries with `max: 3` allow 2 replies.
-        if !self.static_publish_allowed(reply)
+        // Replies are mostly unique inboxes: the static decision is looked up
+        // but not cached (`check_publish` finds a recorded reply in the
+        // response table).
+        let statically_allowed = !self.permissions.has_publish_rules()
+            || self
+                .publish_cache
+                .get(reply)
+                .unwrap_or_else(|| self.permissions.publish_allowed(reply));
+        if !statically_allowed
             && let Some(table) = self.responses.as_mut()
             && !table.use_reply(reply, now)
         {
             table.record(reply, now);
         }
         true
+    }
+
+    /// Uses up one response of a tracked reply (false when untracked).
+    fn use_reply(&mut self, subject: &[u8], now: Instant) -> bool {
+        self.responses
+            .as_mut()
+            .is_some_and(|table| table.use_reply(subject, now))
     }
 
     /// Swaps in new permissions (config reload). Clears both caches, disarms
@@ -530,19 +555,6 @@ impl Authorizer {
     /// Whether the delivery filter is armed (for tests and metrics).
     pub fn delivery_filter_armed(&self) -> bool {
         self.filter_armed
-    }
-
-    /// Static allow/deny decision through the bounded cache.
-    fn static_publish_allowed(&mut self, subject: &[u8]) -> bool {
-        if !self.permissions.has_publish_rules() {
-            return true;
-        }
-        if let Some(allowed) = self.publish_cache.get(subject) {
-            return allowed;
-        }
-        let allowed = self.permissions.publish_allowed(subject);
-        self.publish_cache.insert(subject, allowed);
-        allowed
     }
 
     fn delivery_denied(&mut self, subject: &[u8], sub_queue: Option<&[u8]>) -> bool {
@@ -1249,6 +1261,32 @@ mod tests {
             assert!(a.filter_delivery(format!("y.{i}").as_bytes(), None, None, now));
             assert!(a.delivery_cache.len() <= DECISION_CACHE_CAPACITY);
         }
+    }
+
+    #[test]
+    fn replies_stay_out_of_the_publish_cache() {
+        let now = Instant::now();
+        let mut a = with_responses(rules(Some(&["ok.>"]), &[]), 1, 0);
+        for i in 0..100 {
+            let reply = format!("_INBOX.{i}");
+            assert!(a.filter_delivery(b"svc", None, Some(reply.as_bytes()), now));
+            assert_eq!(a.check_publish(reply.as_bytes(), None, now), Allow);
+            // `max: 1`: the second response is refused, and that decision is
+            // the static one, now cached.
+            assert_eq!(a.check_publish(reply.as_bytes(), None, now), DenySubject);
+        }
+        assert_eq!(a.publish_cache.len(), 100);
+        // A reply the static lists allow is not recorded, and its publishes
+        // are not counted against it.
+        assert!(a.filter_delivery(b"svc", None, Some(b"ok.r"), now));
+        for _ in 0..3 {
+            assert_eq!(a.check_publish(b"ok.r", None, now), Allow);
+        }
+        // A cached denial still uses a reply recorded afterwards.
+        assert_eq!(a.check_publish(b"late", None, now), DenySubject);
+        assert!(a.filter_delivery(b"svc", None, Some(b"late"), now));
+        assert_eq!(a.check_publish(b"late", None, now), Allow);
+        assert_eq!(a.check_publish(b"late", None, now), DenySubject);
     }
 
     #[test]
