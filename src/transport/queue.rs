@@ -46,7 +46,20 @@ impl OutQueue {
     /// number of bytes written; `WouldBlock` is not an error.
     pub fn write_to(&mut self, socket: &TcpStream) -> io::Result<usize> {
         let mut total = 0;
-        while !self.chunks.is_empty() {
+        while let Some(front) = self.chunks.front() {
+            // One chunk (the common case for a request or a reply) is a
+            // plain write: no slice array to fill.
+            if self.chunks.len() == 1 {
+                let written = match socket.try_write(front) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(written) => written,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+                    Err(e) => return Err(e),
+                };
+                self.advance(written);
+                total += written;
+                continue;
+            }
             let written = {
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                 let n = self
