@@ -293,6 +293,19 @@ struct World {
     cases: Vec<Prepared>,
 }
 
+impl World {
+    /// Both sides with the same accounts, without observers or cases.
+    fn plain(operator_jwt: &str, accounts: Vec<(String, String)>) -> World {
+        World {
+            operator_jwt: operator_jwt.to_string(),
+            accounts_d: accounts.clone(),
+            accounts_g: accounts,
+            observers: Vec::new(),
+            cases: Vec::new(),
+        }
+    }
+}
+
 fn user_login(c: &j::UserClaims, signer: &KeyPair, kp: &KeyPair) -> Login {
     Login {
         jwt: j::sign_user(c, signer),
@@ -1006,14 +1019,7 @@ async fn queue_delivery_filtered_by_gate_is_lost_for_the_group() {
         user_login(&j::user_claims(&kp, name), &acc, &kp)
     };
     let (o, r) = (other("o"), other("r"));
-    let world = World {
-        operator_jwt: op.jwt.clone(),
-        accounts_d: accounts.clone(),
-        accounts_g: accounts,
-        observers: Vec::new(),
-        cases: Vec::new(),
-    };
-    let sides = start_sides(&world);
+    let sides = start_sides(&World::plain(&op.jwt, accounts));
 
     let mut results = Vec::new();
     for addr in [sides.direct.addr(), sides.gate.addr()] {
@@ -1169,14 +1175,7 @@ async fn runs_of_the_same_delivery_are_counted_and_filtered_as_nats_server_does(
     let u = user_login(&uc, &acc, &ukp);
     let pkp = KeyPair::new_user();
     let p = user_login(&j::user_claims(&pkp, "p"), &acc, &pkp);
-    let world = World {
-        operator_jwt: op.jwt.clone(),
-        accounts_d: accounts.clone(),
-        accounts_g: accounts,
-        observers: Vec::new(),
-        cases: Vec::new(),
-    };
-    let sides = start_sides(&world);
+    let sides = start_sides(&World::plain(&op.jwt, accounts));
 
     // Per side: the deliveries of each phase as (sid, subject) counts,
     // and the user's answers to the requests.

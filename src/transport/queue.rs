@@ -49,18 +49,9 @@ impl OutQueue {
         while let Some(front) = self.chunks.front() {
             // One chunk (the common case for a request or a reply) is a
             // plain write: no slice array to fill.
-            if self.chunks.len() == 1 {
-                let written = match socket.try_write(front) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(written) => written,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
-                    Err(e) => return Err(e),
-                };
-                self.advance(written);
-                total += written;
-                continue;
-            }
-            let written = {
+            let result = if self.chunks.len() == 1 {
+                socket.try_write(front)
+            } else {
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                 let n = self
                     .chunks
@@ -69,12 +60,13 @@ impl OutQueue {
                     .zip(slices.iter_mut())
                     .map(|(c, s)| *s = IoSlice::new(c))
                     .count();
-                match socket.try_write_vectored(&slices[..n]) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(written) => written,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
-                    Err(e) => return Err(e),
-                }
+                socket.try_write_vectored(&slices[..n])
+            };
+            let written = match result {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => written,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+                Err(e) => return Err(e),
             };
             self.advance(written);
             total += written;
