@@ -140,7 +140,10 @@ mod spare {
 
     /// At most this many buffers are kept per thread...
     pub(super) const COUNT: usize = 64;
-    /// ...of at most this capacity each (larger ones are freed).
+    /// ...of at most this capacity each (larger ones are freed). A kept
+    /// buffer that still shares its allocation with handled bytes holds all
+    /// of it (up to `MAX_READ`), so a thread keeps at most
+    /// `COUNT * MAX_READ` bytes (16 MiB), however many connections it has.
     const CAPACITY: usize = 64 * 1024;
 
     thread_local! {
