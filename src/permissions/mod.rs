@@ -1271,9 +1271,12 @@ mod tests {
             let reply = format!("_INBOX.{i}");
             assert!(a.filter_delivery(b"svc", None, Some(reply.as_bytes()), now));
             assert_eq!(a.check_publish(reply.as_bytes(), None, now), Allow);
+            // Neither the delivery nor the tracked response cached it.
+            assert_eq!(a.publish_cache.get(reply.as_bytes()), None);
             // `max: 1`: the second response is refused, and that decision is
             // the static one, now cached.
             assert_eq!(a.check_publish(reply.as_bytes(), None, now), DenySubject);
+            assert_eq!(a.publish_cache.get(reply.as_bytes()), Some(false));
         }
         assert_eq!(a.publish_cache.len(), 100);
         // A reply the static lists allow is not recorded, and its publishes
